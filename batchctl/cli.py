@@ -1,0 +1,263 @@
+"""The `batchctl` command: parses, calls the operator, hands results to render.
+
+Errors are mapped to exit codes in one place (`main`). SQLAlchemy, Alembic, rich tables and job
+modules are imported inside the commands that need them, so `batchctl --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from batchctl.errors import EXIT_FAILED, EXIT_USAGE, BatchctlError
+
+if TYPE_CHECKING:
+    from batchctl.operator import Batch
+
+app = typer.Typer(
+    name="batchctl",
+    help="Run, watch, stop and restart batch jobs recorded in a job repository.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+db_app = typer.Typer(help="Manage the job repository's schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@dataclass
+class _Options:
+    config: str | None = None
+    database_url: str | None = None
+    jobs_dir: str | None = None
+    debug: bool = False
+    batch: Batch | None = None
+
+    def open(self) -> Batch:
+        if self.batch is None:
+            from batchctl.operator import Batch
+
+            self.batch = Batch.from_config(
+                self.config, database_url=self.database_url, jobs_dir=self.jobs_dir
+            )
+        return self.batch
+
+
+_options = _Options()
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")]
+
+
+@app.callback()
+def _global(
+    config: Annotated[
+        Optional[str],
+        typer.Option("--config", envvar="BATCHCTL_CONFIG", help="Configuration file (TOML)."),
+    ] = None,
+    db: Annotated[
+        Optional[str],
+        typer.Option("--db", help="Job repository URL; overrides BATCHCTL_DATABASE_URL."),
+    ] = None,
+    jobs_dir: Annotated[
+        Optional[str],
+        typer.Option("--jobs-dir", help="Folder of job modules; overrides BATCHCTL_JOBS_DIR."),
+    ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks (also BATCHCTL_DEBUG=1).")
+    ] = False,
+) -> None:
+    _options.config = config
+    _options.database_url = db
+    _options.jobs_dir = jobs_dir
+    _options.debug = debug or _options.debug
+
+
+@app.command()
+def start(
+    job: Annotated[str, typer.Argument(help="The job's name.")],
+    params: Annotated[
+        Optional[str], typer.Option("--params", "-p", help="Params as a JSON object.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a job in the foreground. Exit code: 0 completed, 1 failed, 3 stopped."""
+    from batchctl.operator import parse_params
+
+    given = parse_params(params)
+    batch = _options.open()
+    execution, found = batch.create_start(job, given)
+    _run(batch, found, execution, as_json=as_json)
+
+
+def _run(batch: Batch, job: Any, execution: Any, *, as_json: bool) -> None:
+    from batchctl import render
+    from batchctl.launcher import run_foreground
+
+    terminal = render.stderr.is_terminal and not as_json
+    render.setup_logging(rich_output=terminal)
+    if execution.resumed_from:
+        render.warn(
+            f"resuming job {job.name} from execution {execution.resumed_from} "
+            f"(new execution {execution.id})"
+        )
+    observers = render.displays(job, terminal=terminal)
+    if observers:
+        with observers[0]:
+            finished = run_foreground(batch, job, execution, observers=observers)
+    else:
+        finished = run_foreground(batch, job, execution)
+    if as_json:
+        render.print_json(render.execution_dict(finished, batch.step_executions(finished.id)))
+    else:
+        render.print_outcome(finished)
+    raise typer.Exit(finished.process_exit_code)
+
+
+@app.command()
+def history(
+    job: Annotated[Optional[str], typer.Argument(help="Only this job's executions.")] = None,
+    status: Annotated[
+        Optional[list[str]],
+        typer.Option("--status", "-s", help="Only executions with this status (repeatable)."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most N executions.")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """Executions, newest first."""
+    from batchctl import render
+    from batchctl.operator import parse_statuses
+
+    wanted = parse_statuses(status or [])
+    executions = _options.open().history(job, statuses=wanted, limit=limit)
+    if as_json:
+        render.print_json([render.execution_dict(execution) for execution in executions])
+    else:
+        render.print_history(executions)
+
+
+@app.command()
+def show(
+    execution_id: Annotated[int, typer.Argument(metavar="ID", help="An execution id.")],
+    as_json: JsonOption = False,
+) -> None:
+    """One execution with its step executions."""
+    from batchctl import render
+
+    batch = _options.open()
+    execution = batch.execution(execution_id)
+    steps = batch.step_executions(execution_id)
+    if as_json:
+        render.print_json(render.execution_dict(execution, steps))
+    else:
+        render.print_execution(execution, steps)
+
+
+@app.command()
+def jobs(as_json: JsonOption = False) -> None:
+    """Registered jobs: description, params and steps."""
+    from batchctl import render
+
+    batch = _options.open()
+    found = batch.jobs()
+    for problem in batch.registry.problems:
+        render.warn(f"warning: {problem}")
+    if as_json:
+        render.print_json([render.job_dict(job) for job in found])
+    else:
+        render.print_jobs(found)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the repository schema."""
+    from batchctl import render
+    from batchctl.repository.connect import create_repository_engine
+    from batchctl.repository.migrate import HEAD_REVISION, upgrade
+
+    config = _options.open().config
+    engine = create_repository_engine(config.database_url)
+    try:
+        _guarded(config.database_url, lambda: upgrade(engine))
+    finally:
+        engine.dispose()
+    render.stderr.print(f"job repository {config.display_database_url} is at revision {HEAD_REVISION}")
+
+
+def _guarded(url: str, work: Any) -> Any:
+    from sqlalchemy.exc import DBAPIError
+
+    from batchctl.repository.connect import is_unreachable, unavailable
+
+    try:
+        return work()
+    except DBAPIError as exc:
+        if is_unreachable(exc):
+            raise unavailable(url, exc) from exc
+        raise
+
+
+# -- error handling: the one place errors become exit codes -----------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: run the app, map every error to one line and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    _options.debug = os.environ.get("BATCHCTL_DEBUG", "") not in ("", "0") or "--debug" in args
+    try:
+        code = app(args=args, prog_name="batchctl", standalone_mode=False)
+    except BatchctlError as exc:
+        _report(exc.message, exc)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        _report("interrupted", None)
+        code = 130
+    except Exception as exc:  # click's usage errors and anything unexpected
+        code = _unexpected(exc)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _unexpected(exc: Exception) -> int:
+    import click
+
+    if isinstance(exc, click.exceptions.ClickException):
+        exc.show()
+        return EXIT_USAGE if isinstance(exc, click.exceptions.UsageError) else exc.exit_code
+    if isinstance(exc, click.exceptions.Abort):
+        _report("aborted", None)
+        return 130
+    _report(f"unexpected {type(exc).__name__}: {exc}", exc)
+    return EXIT_FAILED
+
+
+def _report(message: str, exc: BaseException | None) -> None:
+    from batchctl.config import mask_url
+
+    text = message.strip().splitlines()[0] if message.strip() else "failed"
+    if _options.debug and exc is not None:
+        sys.stderr.write(_mask("".join(traceback.format_exception(exc))))
+    sys.stderr.write(_mask(mask_url(f"batchctl: error: {text}")) + "\n")
+    sys.stderr.flush()
+
+
+def _mask(text: str) -> str:
+    """Hide the repository password wherever it appears."""
+    from batchctl.config import mask_url, url_password
+
+    text = mask_url(text)
+    batch = _options.batch
+    urls = [batch.config.database_url] if batch is not None else []
+    urls += [u for u in (_options.database_url, os.environ.get("BATCHCTL_DATABASE_URL")) if u]
+    for url in urls:
+        password = url_password(url)
+        if password:
+            text = text.replace(password, "***")
+    return text
+
+
+__all__ = ["app", "main"]

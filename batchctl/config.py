@@ -1,0 +1,199 @@
+"""Configuration: command-line options over environment over `config.toml` over defaults.
+
+The file is found by `--config`, else `BATCHCTL_CONFIG`, else the nearest `config.toml` with a
+`[batchctl]` table in the current folder or its parents. Relative paths in the file are relative
+to the file's folder; relative paths from the environment or the command line to the current
+folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from batchctl.errors import ConfigError
+
+CONFIG_FILE_NAME = "config.toml"
+DEFAULT_DATABASE_FILE = "batchctl.db"  # a SQLite file beside the config file (or in the cwd)
+DEFAULT_JOBS_DIR = "jobs"
+DEFAULT_LOG_DIR = "logs"
+DEFAULT_HEARTBEAT_INTERVAL = 5.0  # seconds between two heartbeats of a running execution
+DEFAULT_HEARTBEAT_TIMEOUT = 60.0  # a live execution silent this long is taken as lost
+
+_ENV_NAMES = {
+    "database": "BATCHCTL_DATABASE_URL",
+    "jobs_dir": "BATCHCTL_JOBS_DIR",
+    "log_dir": "BATCHCTL_LOG_DIR",
+    "heartbeat_interval": "BATCHCTL_HEARTBEAT_INTERVAL",
+    "heartbeat_timeout": "BATCHCTL_HEARTBEAT_TIMEOUT",
+}
+_PATH_KEYS = ("jobs_dir", "log_dir")
+_NUMBER_KEYS = ("heartbeat_interval", "heartbeat_timeout")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Where the repository is, where jobs and logs live, and how often executions heartbeat."""
+
+    database_url: str
+    jobs_dir: Path
+    log_dir: Path
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
+    source: Path | None = None
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        database_url: str | None = None,
+        jobs_dir: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Config:
+        """Build the configuration; explicit arguments win over the environment and the file."""
+        env = os.environ if env is None else env
+        cwd = cwd or Path.cwd()
+        file = _find_file(path, env, cwd)
+        base = file.parent if file else cwd
+        values: dict[str, Any] = _read_file(file) if file else {}
+        config = _from_values(values, base, file)
+        config = _apply(config, _from_env(env), cwd, "environment")
+        overrides = {"database": database_url, "jobs_dir": jobs_dir}
+        config = _apply(config, {k: v for k, v in overrides.items() if v is not None}, cwd, "option")
+        return _check_heartbeat(config)
+
+    @property
+    def display_database_url(self) -> str:
+        return mask_url(self.database_url)
+
+
+def _find_file(
+    path: str | os.PathLike[str] | None, env: Mapping[str, str], cwd: Path
+) -> Path | None:
+    explicit = path or env.get("BATCHCTL_CONFIG")
+    if explicit:
+        file = (cwd / Path(explicit)).resolve()
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
+        return file
+    for folder in (cwd, *cwd.parents):
+        candidate = folder / CONFIG_FILE_NAME
+        if candidate.is_file() and _has_batchctl_table(candidate):
+            return candidate.resolve()
+    return None
+
+
+def _has_batchctl_table(file: Path) -> bool:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return re.search(r"^\s*\[batchctl\]", text, re.MULTILINE) is not None
+
+
+def _read_file(file: Path) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        with file.open("rb") as handle:
+            document = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+    table = document.get("batchctl")
+    if table is None:
+        raise ConfigError(f"{file}: no [batchctl] table")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{file}: 'batchctl' must be a table")
+    for key, value in table.items():
+        if key not in _ENV_NAMES:
+            known = ", ".join(_ENV_NAMES)
+            raise ConfigError(f"{file}: unknown key 'batchctl.{key}' (known keys: {known})")
+        _check_type(key, value, f"{file}: 'batchctl.{key}'")
+    return table
+
+
+def _check_type(key: str, value: Any, where: str) -> Any:
+    if key in _NUMBER_KEYS:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where} must be a number of seconds, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number of seconds, got {value!r}")
+        if value <= 0:
+            raise ConfigError(f"{where} must be greater than 0, got {value!r}")
+        return float(value)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _from_values(values: Mapping[str, Any], base: Path, file: Path | None) -> Config:
+    config = Config(
+        database_url=resolve_database_url(DEFAULT_DATABASE_FILE, base),
+        jobs_dir=base / DEFAULT_JOBS_DIR,
+        log_dir=base / DEFAULT_LOG_DIR,
+        source=file,
+    )
+    return _apply(config, values, base, str(file))
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    return {key: env[name] for key, name in _ENV_NAMES.items() if env.get(name)}
+
+
+def _apply(config: Config, values: Mapping[str, Any], base: Path, origin: str) -> Config:
+    changes: dict[str, Any] = {}
+    for key, raw in values.items():
+        where = _ENV_NAMES[key] if origin == "environment" else f"{origin}: '{key}'"
+        value = _check_type(key, raw if not isinstance(raw, Path) else str(raw), where)
+        if key == "database":
+            changes["database_url"] = resolve_database_url(value, base)
+        elif key in _PATH_KEYS:
+            changes[key] = (base / Path(value).expanduser()).resolve()
+        else:
+            changes[key] = value
+    return replace(config, **changes)
+
+
+def _check_heartbeat(config: Config) -> Config:
+    if config.heartbeat_timeout <= config.heartbeat_interval:
+        raise ConfigError(
+            f"{config.source or 'configuration'}: heartbeat_timeout "
+            f"({config.heartbeat_timeout:g}s) must be greater than heartbeat_interval "
+            f"({config.heartbeat_interval:g}s)"
+        )
+    return config
+
+
+def resolve_database_url(value: str, base: Path) -> str:
+    """A SQLAlchemy URL; a bare path or a relative SQLite URL is made absolute against `base`."""
+    if "://" not in value:
+        return f"sqlite:///{(base / Path(value).expanduser()).resolve()}"
+    if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
+        rest = value[len("sqlite:///") :]
+        path, sep, query = rest.partition("?")
+        if path and path != ":memory:" and not path.startswith("file:"):
+            return f"sqlite:///{(base / path).resolve()}{sep}{query}"
+    return value
+
+
+_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)@")
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***: safe to print."""
+    return _PASSWORD.sub(lambda m: f"{m['head']}***@", url)
+
+
+def url_password(url: str) -> str | None:
+    match = _PASSWORD.search(url)
+    return match["password"] if match and match["password"] else None

@@ -1,0 +1,357 @@
+"""Runs one job execution in this process: its steps in order, checkpoints, stop requests.
+
+The engine never prints. It reports progress to observers (the CLI's display is one) and logs
+through `logging`; everything it learns is recorded in the repository.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import traceback
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterable
+
+from batchctl.errors import StaleExecution
+from batchctl.job import Job, Step, StepContext, listener_calls
+from batchctl.model import JobExecution, Status, StepExecution, utcnow
+from batchctl.repository import Repository
+
+log = logging.getLogger("batchctl.engine")
+
+STOP_POLL_INTERVAL = 0.5  # seconds between two reads of whether a stop was requested
+EXIT_MESSAGE_LIMIT = 20_000  # characters of a traceback kept in an exit message
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    interval: float = 5.0
+    poll_interval: float = STOP_POLL_INTERVAL
+
+
+class ExecutionTracker:
+    """Owns the running execution's row: heartbeats, stop polling, and every status change.
+
+    A background thread writes a heartbeat every `interval` and reads every `poll_interval`
+    whether a stop was requested. All changes go through `transition`, which is conditional on
+    the row's version and re-reads the row when another process changed it first.
+    """
+
+    def __init__(
+        self, repository: Repository, execution: JobExecution, settings: HeartbeatSettings
+    ) -> None:
+        self.repository = repository
+        self.execution = execution
+        self.settings = settings
+        self.stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._record_stop = False
+        self._thread = threading.Thread(
+            target=self._beat, name=f"batchctl-heartbeat-{execution.id}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def transition(self, decide: Callable[[JobExecution], dict[str, Any] | None]) -> JobExecution:
+        """Apply `decide(current)`'s changes; on a lost update re-read and decide again."""
+        with self._lock:
+            while True:
+                changes = decide(self.execution)
+                if changes is None:
+                    return self.execution
+                try:
+                    self.execution = self.repository.update_execution(self.execution, **changes)
+                    return self.execution
+                except StaleExecution:
+                    self._refresh()
+
+    def request_stop(self) -> None:
+        """A stop asked from inside this process (Ctrl-C, SIGTERM): safe in a signal handler.
+
+        The heartbeat thread records STOPPING, so no database work runs in the handler.
+        """
+        self._record_stop = True
+        self.stop_event.set()
+
+    def _refresh(self) -> None:
+        self.execution = self.repository.execution(self.execution.id)
+        if self.execution.status == Status.STOPPING:
+            self.stop_event.set()
+
+    def _beat(self) -> None:
+        last_beat = utcnow()
+        while not self._done.wait(self.settings.poll_interval):
+            try:
+                self._poll()
+                if (utcnow() - last_beat).total_seconds() >= self.settings.interval:
+                    self.transition(lambda current: {"heartbeat_at": utcnow()})
+                    last_beat = utcnow()
+            except Exception:  # the next beat may succeed; the engine must go on
+                log.warning("heartbeat of execution %s failed", self.execution.id, exc_info=True)
+
+    def _poll(self) -> None:
+        if self._record_stop:
+            self._record_stop = False
+            self.transition(_to_stopping)
+        row = self.repository.execution(self.execution.id)
+        if row.status == Status.STOPPING:
+            self.stop_event.set()
+        if row.version != self.execution.version:
+            with self._lock:
+                self._refresh()
+
+
+class Observers:
+    """Fans engine events out to observers; each may implement any of the methods."""
+
+    def __init__(self, observers: Iterable[Any]) -> None:
+        self._observers = list(observers)
+
+    def __getattr__(self, method: str) -> Callable[..., None]:
+        def notify(*args: Any) -> None:
+            for observer in self._observers:
+                callback = getattr(observer, method, None)
+                if callback is not None:
+                    callback(*args)
+
+        return notify
+
+
+def run_execution(
+    job: Job,
+    execution: JobExecution,
+    repository: Repository,
+    *,
+    heartbeat: HeartbeatSettings | None = None,
+    observers: Iterable[Any] = (),
+    on_tracker: Callable[[ExecutionTracker], None] | None = None,
+) -> JobExecution:
+    """Run `execution` of `job` to its end and return it as recorded.
+
+    A failure inside the job is a recorded status (FAILED), not an exception for the caller.
+    `on_tracker` receives the tracker once it runs, so that the caller can route a Ctrl-C or a
+    SIGTERM to `request_stop`.
+    """
+    tracker = ExecutionTracker(repository, execution, heartbeat or HeartbeatSettings())
+    tracker.start()
+    if on_tracker is not None:
+        on_tracker(tracker)
+    try:
+        return _JobRun(job, tracker, Observers(observers)).run()
+    finally:
+        tracker.close()
+
+
+class _JobRun:
+    def __init__(self, job: Job, tracker: ExecutionTracker, observers: Observers) -> None:
+        self.job = job
+        self.tracker = tracker
+        self.repository = tracker.repository
+        self.observers = observers
+
+    @property
+    def execution(self) -> JobExecution:
+        return self.tracker.execution
+
+    def run(self) -> JobExecution:
+        started = self.tracker.transition(_to_started)
+        if started.status != Status.STARTED:
+            return self._finish(Status.STOPPED, "stopped before its first step")
+        self.observers.job_started(started)
+        log.info("execution %s of job %s started", started.id, self.job.name)
+        try:
+            return self._run_started(started)
+        except KeyboardInterrupt:
+            return self._finish(Status.STOPPED, "interrupted")
+
+    def _run_started(self, started: JobExecution) -> JobExecution:
+        try:
+            params = self.job.convert_params(started.params)
+        except Exception as exc:
+            return self._finish(Status.FAILED, _describe(exc))
+        job_context = dict(started.context)
+        failure = _call_listeners(self.job.listeners, "before_job", started)
+        if failure is not None:
+            return self._finish(Status.FAILED, f"before_job failed: {failure}")
+        status, message = self._run_steps(params, job_context)
+        outcome = self._finish(status, message)
+        failure = _call_listeners(self.job.listeners, "after_job", outcome)
+        if failure is not None:
+            log.error("after_job of execution %s failed: %s", outcome.id, failure)
+        return outcome
+
+    def _run_steps(self, params: dict[str, Any], job_context: dict[str, Any]) -> tuple[Status, str]:
+        previous = self.repository.resumable_steps(self.execution)
+        for step in self.job.steps:
+            if self.tracker.stop_event.is_set():
+                return Status.STOPPED, f"stopped before step {step.name}"
+            earlier = previous.get(step.name)
+            if earlier is not None and earlier.status == Status.COMPLETED:
+                self.observers.step_skipped(step.name, earlier)
+                log.info(
+                    "step %s skipped: completed in execution %s",
+                    step.name,
+                    earlier.job_execution_id,
+                )
+                continue
+            state = dict(earlier.context) if earlier is not None else {}
+            step_execution = self._run_step(step, params, state, job_context)
+            self.tracker.transition(lambda current: {"context": dict(job_context)})
+            if step_execution.status != Status.COMPLETED:
+                return step_execution.status, _step_outcome(step_execution)
+        return Status.COMPLETED, ""
+
+    def _run_step(
+        self, step: Step, params: dict[str, Any], state: dict[str, Any], job_context: dict[str, Any]
+    ) -> StepExecution:
+        step_execution = self.repository.create_step_execution(self.execution.id, step.name, state)
+        ctx = StepContext(
+            job_name=self.job.name,
+            step_name=step.name,
+            params=params,
+            state=state,
+            job_context=job_context,
+            execution_id=self.execution.id,
+            step_execution_id=step_execution.id,
+            stop_event=self.tracker.stop_event,
+        )
+        self.observers.step_started(step_execution)
+        log.info("step %s started", step.name)
+        runner = _TaskletRun(step, ctx, step_execution, self.repository, self.observers)
+        status, message = runner.run(self.job.listeners)
+        ended = self.repository.update_step_execution(
+            runner.step_execution,
+            status=status,
+            exit_code=status.value,
+            exit_message=message or None,
+            ended_at=utcnow(),
+            context=dict(ctx.state),
+        )
+        self.observers.step_ended(ended)
+        log.info("step %s %s", step.name, status.value)
+        return ended
+
+    def _finish(self, status: Status, message: str) -> JobExecution:
+        def decide(current: JobExecution) -> dict[str, Any]:
+            return {
+                "status": status,
+                "exit_code": status.value,
+                "exit_message": message[:EXIT_MESSAGE_LIMIT] or None,
+                "ended_at": utcnow(),
+                "started_at": current.started_at or utcnow(),
+            }
+
+        finished = self.tracker.transition(decide)
+        self.observers.job_ended(finished)
+        log.info("execution %s %s", finished.id, finished.status.value)
+        return finished
+
+
+class _TaskletRun:
+    """Runs one tasklet step; a generator tasklet checkpoints `ctx.state` at every yield."""
+
+    def __init__(
+        self,
+        step: Step,
+        ctx: StepContext,
+        step_execution: StepExecution,
+        repository: Repository,
+        observers: Observers,
+    ) -> None:
+        self.step = step
+        self.ctx = ctx
+        self.step_execution = step_execution
+        self.repository = repository
+        self.observers = observers
+
+    def run(self, listeners: list[Any]) -> tuple[Status, str]:
+        failure = _call_listeners(listeners, "before_step", self.ctx)
+        if failure is not None:
+            return Status.FAILED, f"before_step failed: {failure}"
+        try:
+            status = self._execute()
+            message = "stopped at a checkpoint" if status == Status.STOPPED else ""
+        except KeyboardInterrupt:
+            status, message = Status.STOPPED, "interrupted"
+        except Exception as exc:
+            status, message = Status.FAILED, _describe(exc)
+        snapshot = _replace_status(self.step_execution, status, message)
+        failure = _call_listeners(listeners, "after_step", self.ctx, snapshot)
+        if failure is not None and status == Status.COMPLETED:
+            return Status.FAILED, f"after_step failed: {failure}"
+        return status, message
+
+    def _execute(self) -> Status:
+        if not self.step.is_generator:
+            self.step.function(self.ctx)
+            return Status.COMPLETED
+        generator = self.step.function(self.ctx)
+        try:
+            for _ in generator:
+                self._checkpoint()
+                if self.ctx.stop_requested:
+                    return Status.STOPPED
+        finally:
+            generator.close()
+        return Status.COMPLETED
+
+    def _checkpoint(self) -> None:
+        self.step_execution = self.repository.update_step_execution(
+            self.step_execution,
+            context=dict(self.ctx.state),
+            commit_count=self.step_execution.commit_count + 1,
+        )
+        self.observers.step_checkpoint(self.step_execution)
+
+
+def _to_stopping(current: JobExecution) -> dict[str, Any] | None:
+    if current.status not in (Status.STARTING, Status.STARTED):
+        return None
+    return {"status": Status.STOPPING}
+
+
+def _to_started(current: JobExecution) -> dict[str, Any] | None:
+    if current.status != Status.STARTING:
+        return None
+    return {
+        "status": Status.STARTED,
+        "started_at": utcnow(),
+        "heartbeat_at": utcnow(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+
+
+def _step_outcome(step: StepExecution) -> str:
+    outcome = f"step {step.name} {step.status.value.lower()}"
+    return f"{outcome}: {step.exit_message}" if step.exit_message else outcome
+
+
+def _replace_status(step: StepExecution, status: Status, message: str) -> StepExecution:
+    return replace(step, status=status, exit_code=status.value, exit_message=message or None)
+
+
+def _call_listeners(listeners: list[Any], method: str, *args: Any) -> str | None:
+    """Call every listener's `method`; return the first failure described, or None."""
+    for call in listener_calls(listeners, method):
+        try:
+            call(*args)
+        except Exception as exc:
+            return _describe(exc)
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    """The exception's one-line summary, then its traceback."""
+    summary = f"{type(exc).__name__}: {exc}"
+    trace = "".join(traceback.format_exception(exc))
+    return f"{summary}\n{trace}"[:EXIT_MESSAGE_LIMIT]

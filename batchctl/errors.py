@@ -1,0 +1,103 @@
+"""Every error batchctl raises on purpose.
+
+One root, `BatchctlError`, whose subclasses carry the process exit code the CLI uses, so the
+mapping from a failure to an exit code lives with the failure and the CLI maps them in one place.
+A subclass's docstring is its default message.
+"""
+
+from __future__ import annotations
+
+EXIT_COMPLETED = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_STOPPED = 3
+EXIT_REFUSED = 4
+EXIT_ENVIRONMENT = 5
+
+
+class BatchctlError(Exception):
+    """batchctl failed."""
+
+    exit_code: int = EXIT_FAILED
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+# -- bad usage or input: exit 2 ----------------------------------------------------------------
+
+
+class UsageError(BatchctlError):
+    """Bad usage or input."""
+
+    exit_code = EXIT_USAGE
+
+
+class InvalidParams(UsageError):
+    """The job parameters are invalid."""
+
+
+class UnknownJob(UsageError):
+    """No job by that name is registered."""
+
+
+class UnknownExecution(UsageError):
+    """No execution has that id."""
+
+
+class JobDefinitionError(UsageError):
+    """A job is defined incorrectly."""
+
+
+# -- refused by the state of an execution: exit 4 ----------------------------------------------
+
+
+class Refused(BatchctlError):
+    """Refused by the state of the job."""
+
+    exit_code = EXIT_REFUSED
+
+
+class AlreadyRunning(Refused):
+    """This job instance already has a live execution."""
+
+
+class AlreadyComplete(Refused):
+    """This job instance has already completed."""
+
+
+class NotRestartable(Refused):
+    """Only a STOPPED or FAILED execution can be restarted."""
+
+
+class NotLive(Refused):
+    """The execution is not live."""
+
+
+class NotAbandonable(Refused):
+    """Only a STOPPED, FAILED or UNKNOWN execution can be abandoned."""
+
+
+class StaleExecution(Refused):
+    """The execution was changed by another process (lost update)."""
+
+
+# -- the environment: exit 5 --------------------------------------------------------------------
+
+
+class EnvironmentProblem(BatchctlError):
+    """The environment is not usable."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+
+class ConfigError(EnvironmentProblem):
+    """The configuration is invalid."""
+
+
+class DatabaseUnavailable(EnvironmentProblem):
+    """The job repository's database cannot be reached."""

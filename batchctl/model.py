@@ -1,0 +1,330 @@
+"""The domain: statuses, instances, executions, step executions and job parameters.
+
+Plain values built from repository rows; they never save themselves. Nothing here imports
+SQLAlchemy, so the CLI can use the model without paying for the database layer.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any, Mapping
+
+from batchctl.errors import InvalidParams
+
+
+class Status(str, enum.Enum):
+    """The status of a job or step execution, ordered by severity (Spring Batch's order).
+
+    The combined status of several step executions (partitions) is their `max()`.
+    """
+
+    COMPLETED = "COMPLETED"
+    STARTING = "STARTING"
+    STARTED = "STARTED"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+    ABANDONED = "ABANDONED"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def severity(self) -> int:
+        return _SEVERITY[self]
+
+    # str's comparisons would order by name; severity is the order that means something.
+    def __lt__(self, other: object) -> bool:
+        return self.severity < _status(other).severity
+
+    def __le__(self, other: object) -> bool:
+        return self.severity <= _status(other).severity
+
+    def __gt__(self, other: object) -> bool:
+        return self.severity > _status(other).severity
+
+    def __ge__(self, other: object) -> bool:
+        return self.severity >= _status(other).severity
+
+    @property
+    def is_live(self) -> bool:
+        """True while some process is (or should be) running the execution."""
+        return self in LIVE_STATUSES
+
+    @property
+    def is_unsuccessful(self) -> bool:
+        return self in (Status.FAILED, Status.STOPPED, Status.ABANDONED, Status.UNKNOWN)
+
+    @property
+    def is_restartable(self) -> bool:
+        return self in (Status.STOPPED, Status.FAILED)
+
+
+_SEVERITY = {status: rank for rank, status in enumerate(Status)}
+
+
+def _status(value: object) -> Status:
+    if isinstance(value, Status):
+        return value
+    raise TypeError(f"cannot compare a Status with {type(value).__name__}")
+LIVE_STATUSES = (Status.STARTING, Status.STARTED, Status.STOPPING)
+
+EXIT_CODE_FOR_STATUS = {
+    Status.COMPLETED: 0,
+    Status.FAILED: 1,
+    Status.UNKNOWN: 1,
+    Status.ABANDONED: 1,
+    Status.STOPPED: 3,
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class JobInstance:
+    id: int
+    job_name: str
+    job_key: str
+    params: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass
+class JobExecution:
+    """One attempt to run a job instance."""
+
+    id: int
+    instance_id: int
+    job_name: str
+    params: dict[str, Any]
+    status: Status
+    version: int = 0
+    exit_code: str | None = None
+    exit_message: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    host: str | None = None
+    pid: int | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    resumed_from: int | None = None
+    log_path: str | None = None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.ended_at or utcnow()
+        return (end - self.started_at).total_seconds()
+
+    @property
+    def process_exit_code(self) -> int:
+        """The exit code a command that ran this execution returns."""
+        return EXIT_CODE_FOR_STATUS.get(self.status, 1)
+
+
+STEP_COUNTERS = (
+    "read_count",
+    "write_count",
+    "filter_count",
+    "commit_count",
+    "rollback_count",
+    "read_skip_count",
+    "process_skip_count",
+    "write_skip_count",
+)
+
+
+@dataclass
+class StepExecution:
+    """One attempt to run one step inside one job execution."""
+
+    id: int
+    job_execution_id: int
+    name: str
+    status: Status
+    version: int = 0
+    exit_code: str | None = None
+    exit_message: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    read_count: int = 0
+    write_count: int = 0
+    filter_count: int = 0
+    commit_count: int = 0
+    rollback_count: int = 0
+    read_skip_count: int = 0
+    process_skip_count: int = 0
+    write_skip_count: int = 0
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in STEP_COUNTERS}
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.ended_at or utcnow()
+        return (end - self.started_at).total_seconds()
+
+
+# -- parameters ---------------------------------------------------------------------------------
+
+PARAM_TYPES: tuple[type, ...] = (str, int, float, bool, date, datetime)
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    """A declared job parameter: its type, and a default that makes it optional."""
+
+    type: type
+    default: Any = _REQUIRED
+    help: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type not in PARAM_TYPES:
+            names = ", ".join(t.__name__ for t in PARAM_TYPES)
+            raise TypeError(f"param type must be one of {names}, not {self.type!r}")
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+
+def convert_params(declared: Mapping[str, Param], given: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate `given` (a JSON object) against the declared params and return typed values.
+
+    Undeclared params are kept as given; declared ones are converted from their JSON form.
+    """
+    if not isinstance(given, Mapping):
+        raise InvalidParams("params must be a JSON object")
+    converted: dict[str, Any] = {}
+    for name, param in declared.items():
+        if name not in given or given[name] is None:
+            if param.required:
+                raise InvalidParams(f"missing param {name!r} ({param.type.__name__})")
+            converted[name] = param.default
+            continue
+        converted[name] = _convert(name, param.type, given[name])
+    for name, value in given.items():
+        if name not in declared:
+            converted[name] = value
+    return converted
+
+
+def _convert(name: str, kind: type, value: Any) -> Any:
+    try:
+        return _CONVERTERS[kind](value)
+    except (ValueError, TypeError, OverflowError):
+        raise InvalidParams(
+            f"param {name!r} must be {_ARTICLE[kind]}, got {json.dumps(value, default=str)}"
+        ) from None
+
+
+def _to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError
+    return value
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip() == value:
+        return int(value, 10)
+    raise TypeError
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError
+    if isinstance(value, (int, float)):
+        result = float(value)
+    elif isinstance(value, str) and value.strip() == value:
+        result = float(value)
+    else:
+        raise TypeError
+    if not math.isfinite(result):
+        raise ValueError
+    return result
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "false"):
+        return value == "true"
+    raise ValueError
+
+
+def _to_date(value: Any) -> date:
+    if isinstance(value, datetime):
+        raise TypeError
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str) and len(value) == 10:
+        return date.fromisoformat(value)
+    raise ValueError
+
+
+def _to_datetime(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and len(value) > 10:
+        return datetime.fromisoformat(value)
+    raise ValueError
+
+
+_CONVERTERS = {
+    str: _to_str,
+    int: _to_int,
+    float: _to_float,
+    bool: _to_bool,
+    date: _to_date,
+    datetime: _to_datetime,
+}
+_ARTICLE = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    date: "a date (YYYY-MM-DD)",
+    datetime: "a datetime (ISO 8601)",
+}
+
+
+def params_to_json(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON form of typed params: dates and datetimes as ISO strings."""
+    return json.loads(canonical_json(params))
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no whitespace, dates in ISO form: the same params give the same text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def instance_key(params: Mapping[str, Any]) -> str:
+    """The job instance key: sha256 of the canonical JSON of the converted params."""
+    return hashlib.sha256(canonical_json(params).encode("utf-8")).hexdigest()
+
+
+def params_from_json(declared: Mapping[str, Param], stored: Mapping[str, Any]) -> dict[str, Any]:
+    """Typed params from their stored JSON form (the converse of `params_to_json`)."""
+    return convert_params(declared, stored)

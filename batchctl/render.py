@@ -1,0 +1,332 @@
+"""Everything batchctl shows: rich tables for people, JSON for scripts, the live run display.
+
+Results go to stdout, progress and errors to stderr. Colour only on a terminal, never with
+NO_COLOR (rich honours both).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import date, datetime
+from typing import Any, Iterable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from batchctl.job import Job
+from batchctl.model import JobExecution, Status, StepExecution
+
+STATUS_STYLES = {
+    Status.COMPLETED: "green",
+    Status.STARTING: "cyan",
+    Status.STARTED: "cyan",
+    Status.STOPPING: "yellow",
+    Status.STOPPED: "yellow",
+    Status.FAILED: "bold red",
+    Status.ABANDONED: "dim",
+    Status.UNKNOWN: "magenta",
+}
+
+stdout = Console(highlight=False, soft_wrap=False)
+stderr = Console(stderr=True, highlight=False)
+
+
+# -- JSON -----------------------------------------------------------------------------------------
+
+
+def execution_dict(execution: JobExecution, steps: Sequence[StepExecution] | None = None) -> dict[str, Any]:
+    """The JSON object of an execution (with its `steps` when given)."""
+    data: dict[str, Any] = {
+        "id": execution.id,
+        "job": execution.job_name,
+        "instance_id": execution.instance_id,
+        "params": execution.params,
+        "status": execution.status.value,
+        "exit_code": execution.exit_code,
+        "exit_message": execution.exit_message,
+        "created_at": _iso(execution.created_at),
+        "started_at": _iso(execution.started_at),
+        "ended_at": _iso(execution.ended_at),
+        "heartbeat_at": _iso(execution.heartbeat_at),
+        "duration": execution.duration if execution.ended_at else None,
+        "host": execution.host,
+        "pid": execution.pid,
+        "resumed_from": execution.resumed_from,
+        "log_path": execution.log_path,
+        "context": execution.context,
+    }
+    if steps is not None:
+        data["steps"] = [step_dict(step) for step in steps]
+    return data
+
+
+def step_dict(step: StepExecution) -> dict[str, Any]:
+    return {
+        "id": step.id,
+        "name": step.name,
+        "status": step.status.value,
+        "exit_code": step.exit_code,
+        "exit_message": step.exit_message,
+        "started_at": _iso(step.started_at),
+        "ended_at": _iso(step.ended_at),
+        "duration": step.duration if step.ended_at else None,
+        **step.counters,
+        "context": step.context,
+    }
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    return {
+        "name": job.name,
+        "description": job.description,
+        "params": {
+            name: {
+                "type": param.type.__name__,
+                "required": param.required,
+                **({} if param.required else {"default": param.default}),
+                **({"help": param.help} if param.help else {}),
+            }
+            for name, param in job.declared_params.items()
+        },
+        "steps": [
+            {"name": step.name, "kind": step.kind, "description": step.description}
+            for step in job.steps
+        ],
+        "defined_in": job.defined_in,
+    }
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    return str(value)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+# -- tables ---------------------------------------------------------------------------------------
+
+
+def status_text(status: Status) -> Text:
+    return Text(status.value, style=STATUS_STYLES[status])
+
+
+def print_history(executions: Sequence[JobExecution]) -> None:
+    if not executions:
+        stderr.print("no executions")
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("id", "job", "params", "status", "started", "ended", "duration", "message"):
+        table.add_column(column, justify="right" if column in ("id", "duration") else "left")
+    for execution in executions:
+        table.add_row(
+            str(execution.id),
+            execution.job_name,
+            _params_text(execution.params),
+            status_text(execution.status),
+            _local(execution.started_at),
+            _local(execution.ended_at),
+            _duration(execution.duration),
+            _first_line(execution.exit_message),
+        )
+    stdout.print(table)
+
+
+def print_execution(execution: JobExecution, steps: Sequence[StepExecution]) -> None:
+    header = Table.grid(padding=(0, 2))
+    header.add_column(style="bold")
+    header.add_column()
+    header.add_row("execution", str(execution.id))
+    header.add_row("job", execution.job_name)
+    header.add_row("instance", str(execution.instance_id))
+    header.add_row("params", _params_text(execution.params))
+    header.add_row("status", status_text(execution.status))
+    header.add_row("created", _local(execution.created_at))
+    header.add_row("started", _local(execution.started_at))
+    header.add_row("ended", _local(execution.ended_at))
+    header.add_row("duration", _duration(execution.duration))
+    header.add_row("host / pid", f"{execution.host or '-'} / {execution.pid or '-'}")
+    if execution.resumed_from:
+        header.add_row("resumes", f"execution {execution.resumed_from}")
+    if execution.log_path:
+        header.add_row("log", execution.log_path)
+    if execution.exit_message:
+        header.add_row("message", execution.exit_message.rstrip())
+    stdout.print(header)
+    if not steps:
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold", title_justify="left")
+    columns = ("id", "step", "status", "started", "duration", "read", "written", "filtered",
+               "skipped", "commits", "message")
+    for column in columns:
+        table.add_column(column)
+    for step in steps:
+        skipped = step.read_skip_count + step.process_skip_count + step.write_skip_count
+        table.add_row(
+            str(step.id),
+            step.name,
+            status_text(step.status),
+            _local(step.started_at),
+            _duration(step.duration),
+            str(step.read_count),
+            str(step.write_count),
+            str(step.filter_count),
+            str(skipped),
+            str(step.commit_count),
+            _first_line(step.exit_message),
+        )
+    stdout.print()
+    stdout.print(table)
+
+
+def print_jobs(jobs: Sequence[Job]) -> None:
+    if not jobs:
+        stderr.print("no jobs found")
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("job", "description", "params", "steps"):
+        table.add_column(column)
+    for job in jobs:
+        params = ", ".join(
+            f"{name}: {param.type.__name__}" + ("" if param.required else f" = {param.default!r}")
+            for name, param in job.declared_params.items()
+        )
+        table.add_row(job.name, job.description, params, ", ".join(s.name for s in job.steps))
+    stdout.print(table)
+
+
+def print_outcome(execution: JobExecution) -> None:
+    """The one-line result of a foreground run."""
+    line = Text.assemble(
+        f"execution {execution.id} of {execution.job_name} ",
+        status_text(execution.status),
+        f" in {_duration(execution.duration)}",
+    )
+    if execution.exit_message and execution.status != Status.COMPLETED:
+        line.append(f": {_first_line(execution.exit_message)}")
+    stdout.print(line)
+
+
+def warn(message: str) -> None:
+    stderr.print(Text(message, style="yellow"))
+
+
+def error(message: str) -> None:
+    """One line on stderr: `batchctl: error: ...`."""
+    sys.stderr.write(f"batchctl: error: {message}\n")
+    sys.stderr.flush()
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return json.dumps(params, separators=(",", ":"), default=str) if params else ""
+
+
+def _local(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _first_line(message: str | None) -> str:
+    return message.strip().splitlines()[0] if message and message.strip() else ""
+
+
+# -- the run display ------------------------------------------------------------------------------
+
+
+def setup_logging(*, rich_output: bool, level: int = logging.INFO) -> None:
+    """Log lines to stderr: through rich on a terminal, plain otherwise."""
+    root = logging.getLogger("batchctl")
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler: logging.Handler
+    if rich_output:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=stderr, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+    root.addHandler(handler)
+    root.propagate = False
+
+
+class LiveDisplay:
+    """An engine observer that shows each step's status on a terminal while the job runs."""
+
+    def __init__(self, job: Job) -> None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            SpinnerColumn(finished_text=" "),
+            TextColumn("{task.description}"),
+            TextColumn("{task.fields[status]}"),
+            TextColumn("{task.fields[detail]}", style="dim"),
+            TimeElapsedColumn(),
+            console=stderr,
+            transient=False,
+        )
+        self.tasks = {
+            step.name: self.progress.add_task(step.name, start=False, total=1, status="pending", detail="")
+            for step in job.steps
+        }
+
+    def __enter__(self) -> LiveDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.progress.stop()
+
+    def step_started(self, step: StepExecution) -> None:
+        task = self.tasks.get(step.name)
+        if task is not None:
+            self.progress.start_task(task)
+            self.progress.update(task, status=status_text(step.status).markup)
+
+    def step_checkpoint(self, step: StepExecution) -> None:
+        task = self.tasks.get(step.name)
+        if task is not None:
+            self.progress.update(task, detail=f"{step.commit_count} checkpoints")
+
+    def step_skipped(self, name: str, earlier: StepExecution) -> None:
+        task = self.tasks.get(name)
+        if task is not None:
+            self.progress.update(
+                task, completed=1, status="[dim]skipped[/]",
+                detail=f"completed in execution {earlier.job_execution_id}",
+            )
+
+    def step_ended(self, step: StepExecution) -> None:
+        task = self.tasks.get(step.name)
+        if task is not None:
+            self.progress.update(task, completed=1, status=status_text(step.status).markup)
+            self.progress.stop_task(task)
+
+
+def displays(job: Job, *, terminal: bool) -> Iterable[Any]:
+    """The observers for a foreground run: the live display on a terminal, else none (the
+    engine's log lines say the same)."""
+    return [LiveDisplay(job)] if terminal else []

@@ -1,0 +1,18 @@
+"""Alembic environment: always run by batchctl with a connection it opened."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import text
+
+from batchctl.repository.tables import metadata
+
+MIGRATION_LOCK_KEY = 0x62617463  # pg advisory lock id: one migrating process at a time
+
+connection = context.config.attributes["connection"]
+context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+
+with context.begin_transaction():
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    context.run_migrations()

@@ -1,0 +1,439 @@
+"""The job repository: every query batchctl runs, on SQLite and Postgres alike.
+
+Each public method says what it does to the database: *reads*, *writes* (an update conditional
+on the row's version: a lost update raises StaleExecution), or *claims* (an atomic decision the
+database guarantees: a constraint or a conditional update). The rules of what may start, stop or
+restart are the operator's; they arrive here as a `decide` function run inside the transaction.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any, Callable, Iterator, Sequence
+
+from sqlalchemy import Connection, Engine, Row, and_, func, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from batchctl.errors import AlreadyRunning, StaleExecution, UnknownExecution
+from batchctl.model import (
+    LIVE_STATUSES,
+    STEP_COUNTERS,
+    JobExecution,
+    Status,
+    StepExecution,
+    utcnow,
+)
+from batchctl.repository.connect import (
+    READ_ONLY,
+    create_repository_engine,
+    is_unreachable,
+    unavailable,
+    with_retries,
+)
+from batchctl.repository.migrate import ensure_schema
+from batchctl.repository.tables import job_execution, job_instance, step_execution
+
+Decide = Callable[[JobExecution | None], JobExecution | None]
+"""Given the instance's last execution, return the execution to resume from (None: afresh),
+or raise a Refused error."""
+
+_EXECUTION_COLUMNS = (*job_execution.c, job_instance.c.params)
+_LIVE = [status.value for status in LIVE_STATUSES]
+
+
+class Repository:
+    """Persists instances, executions and step executions; decides nothing."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> Repository:
+        """Connect to the repository at `url`, creating or migrating its schema if needed."""
+        engine = create_repository_engine(url)
+        repository = cls(engine, url)
+        if migrate:
+            repository._guard(lambda: ensure_schema(engine))
+        return repository
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, *, read_only: bool = False, serializable: bool = False) -> Iterator[Connection]:
+        with self.engine.connect() as connection:
+            options: dict[str, Any] = {READ_ONLY: read_only}
+            if serializable and self.dialect == "postgresql":
+                options["isolation_level"] = "SERIALIZABLE"
+            connection.execution_options(**options)
+            with connection.begin():
+                yield connection
+
+    def _guard(self, work: Callable[[], Any]) -> Any:
+        """Run `work`, retrying where the database asks and naming an unreachable database."""
+        try:
+            return with_retries(work)
+        except DBAPIError as exc:
+            if is_unreachable(exc):
+                raise unavailable(self.url, exc) from exc
+            raise
+
+    def _read(self, query: Callable[[Connection], Any]) -> Any:
+        def work() -> Any:
+            with self._transaction(read_only=True) as connection:
+                return query(connection)
+
+        return self._guard(work)
+
+    def _write(self, change: Callable[[Connection], Any], *, serializable: bool = False) -> Any:
+        def work() -> Any:
+            with self._transaction(serializable=serializable) as connection:
+                return change(connection)
+
+        return self._guard(work)
+
+    # -- claims ---------------------------------------------------------------------------------
+
+    def create_execution(
+        self,
+        job_name: str,
+        job_key: str,
+        params: dict[str, Any],
+        decide: Decide,
+        *,
+        host: str | None = None,
+        pid: int | None = None,
+    ) -> JobExecution:
+        """Claim: create the instance if new, and a STARTING execution of it if `decide` allows.
+
+        The decision and the insert are one serializable transaction, and the partial unique
+        index on live executions refuses a second live execution whatever the race.
+        """
+
+        def change(connection: Connection) -> JobExecution:
+            instance_id = self._instance_id(connection, job_name, job_key, params)
+            return self._insert_execution(connection, instance_id, decide, host, pid)
+
+        return self._claim(change)
+
+    def create_execution_of_instance(
+        self, instance_id: int, decide: Decide, *, host: str | None = None, pid: int | None = None
+    ) -> JobExecution:
+        """Claim: a new STARTING execution of an existing instance if `decide` allows."""
+        return self._claim(
+            lambda connection: self._insert_execution(connection, instance_id, decide, host, pid)
+        )
+
+    def _claim(self, change: Callable[[Connection], JobExecution]) -> JobExecution:
+        try:
+            return self._write(change, serializable=True)
+        except IntegrityError as exc:
+            if "live" in str(exc.orig) or "job_execution.instance_id" in str(exc.orig):
+                raise AlreadyRunning(
+                    "this job instance already has a live execution (started by another process)"
+                ) from exc
+            raise
+
+    def _instance_id(
+        self, connection: Connection, job_name: str, job_key: str, params: dict[str, Any]
+    ) -> int:
+        key = and_(job_instance.c.job_name == job_name, job_instance.c.job_key == job_key)
+        found = connection.execute(select(job_instance.c.id).where(key)).scalar()
+        if found is not None:
+            return int(found)
+        insert = _dialect_insert(connection).values(
+            job_name=job_name, job_key=job_key, params=params, created_at=utcnow()
+        )
+        connection.execute(insert.on_conflict_do_nothing())
+        return int(connection.execute(select(job_instance.c.id).where(key)).scalar_one())
+
+    def _insert_execution(
+        self,
+        connection: Connection,
+        instance_id: int,
+        decide: Decide,
+        host: str | None,
+        pid: int | None,
+    ) -> JobExecution:
+        last = self._last_execution_of_instance(connection, instance_id)
+        resumed = decide(last)
+        now = utcnow()
+        values = {
+            "instance_id": instance_id,
+            "job_name": _instance_job_name(connection, instance_id),
+            "status": Status.STARTING.value,
+            "version": 0,
+            "created_at": now,
+            "heartbeat_at": now,
+            "host": host,
+            "pid": pid,
+            "context": dict(resumed.context) if resumed else {},
+            "resumed_from": resumed.id if resumed else None,
+        }
+        new_id = connection.execute(job_execution.insert().values(**values)).inserted_primary_key[0]
+        return _execution(self._execution_row(connection, int(new_id)))
+
+    def request_stop(self, execution_id: int) -> JobExecution | None:
+        """Claim: STARTING/STARTED -> STOPPING in one conditional update.
+
+        Returns the execution after the request (STOPPING), or None when it was not live.
+        An execution already STOPPING is returned unchanged.
+        """
+
+        def change(connection: Connection) -> JobExecution | None:
+            connection.execute(
+                update(job_execution)
+                .where(
+                    job_execution.c.id == execution_id,
+                    job_execution.c.status.in_([Status.STARTING.value, Status.STARTED.value]),
+                )
+                .values(status=Status.STOPPING.value, version=job_execution.c.version + 1)
+            )
+            row = self._execution_row(connection, execution_id)
+            if row is None:
+                raise UnknownExecution(f"no execution with id {execution_id}")
+            found = _execution(row)
+            return found if found.status == Status.STOPPING else None
+
+        return self._write(change)
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def update_execution(self, execution: JobExecution, **changes: Any) -> JobExecution:
+        """Write: apply `changes` if the row is still at `execution.version`; return the new one."""
+        values = {k: (v.value if isinstance(v, Status) else v) for k, v in changes.items()}
+
+        def change(connection: Connection) -> None:
+            result = connection.execute(
+                update(job_execution)
+                .where(
+                    job_execution.c.id == execution.id,
+                    job_execution.c.version == execution.version,
+                )
+                .values(**values, version=execution.version + 1)
+            )
+            if result.rowcount != 1:
+                raise StaleExecution(
+                    f"execution {execution.id} was changed by another process"
+                )
+
+        self._write(change)
+        return replace(execution, **changes, version=execution.version + 1)
+
+    def create_step_execution(
+        self, job_execution_id: int, name: str, context: dict[str, Any]
+    ) -> StepExecution:
+        """Write: a new STARTED step execution."""
+        now = utcnow()
+
+        def change(connection: Connection) -> int:
+            result = connection.execute(
+                step_execution.insert().values(
+                    job_execution_id=job_execution_id,
+                    name=name,
+                    status=Status.STARTED.value,
+                    version=0,
+                    started_at=now,
+                    context=context,
+                )
+            )
+            return int(result.inserted_primary_key[0])
+
+        new_id = self._write(change)
+        return StepExecution(
+            id=new_id,
+            job_execution_id=job_execution_id,
+            name=name,
+            status=Status.STARTED,
+            started_at=now,
+            context=dict(context),
+        )
+
+    def update_step_execution(self, step: StepExecution, **changes: Any) -> StepExecution:
+        """Write: apply `changes` if the row is still at `step.version`; return the new one."""
+        values = {k: (v.value if isinstance(v, Status) else v) for k, v in changes.items()}
+
+        def change(connection: Connection) -> None:
+            result = connection.execute(
+                update(step_execution)
+                .where(step_execution.c.id == step.id, step_execution.c.version == step.version)
+                .values(**values, version=step.version + 1)
+            )
+            if result.rowcount != 1:
+                raise StaleExecution(f"step execution {step.id} was changed by another process")
+
+        self._write(change)
+        return replace(step, **changes, version=step.version + 1)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def execution(self, execution_id: int) -> JobExecution:
+        """Read: one execution; UnknownExecution if there is none."""
+        row = self._read(lambda connection: self._execution_row(connection, execution_id))
+        if row is None:
+            raise UnknownExecution(f"no execution with id {execution_id}")
+        return _execution(row)
+
+    def latest_execution(self, job_name: str) -> JobExecution | None:
+        """Read: the job's most recently created execution."""
+        query = (
+            select(*_EXECUTION_COLUMNS)
+            .join(job_instance, job_instance.c.id == job_execution.c.instance_id)
+            .where(job_execution.c.job_name == job_name)
+            .order_by(job_execution.c.id.desc())
+            .limit(1)
+        )
+        row = self._read(lambda connection: connection.execute(query).first())
+        return _execution(row) if row is not None else None
+
+    def history(
+        self,
+        job_name: str | None = None,
+        statuses: Sequence[Status] = (),
+        limit: int | None = 20,
+    ) -> list[JobExecution]:
+        """Read: executions, newest first."""
+        query = select(*_EXECUTION_COLUMNS).join(
+            job_instance, job_instance.c.id == job_execution.c.instance_id
+        )
+        if job_name is not None:
+            query = query.where(job_execution.c.job_name == job_name)
+        if statuses:
+            query = query.where(job_execution.c.status.in_([s.value for s in statuses]))
+        query = query.order_by(job_execution.c.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        rows = self._read(lambda connection: connection.execute(query).all())
+        return [_execution(row) for row in rows]
+
+    def live_executions(self, job_name: str | None = None) -> list[JobExecution]:
+        """Read: every STARTING, STARTED or STOPPING execution, newest first."""
+        return self.history(job_name, LIVE_STATUSES, limit=None)
+
+    def step_executions(self, execution_id: int) -> list[StepExecution]:
+        """Read: the step executions of one job execution, in the order they started."""
+        query = (
+            select(step_execution)
+            .where(step_execution.c.job_execution_id == execution_id)
+            .order_by(step_execution.c.id)
+        )
+        rows = self._read(lambda connection: connection.execute(query).all())
+        return [_step_execution(row) for row in rows]
+
+    def resumable_steps(self, execution: JobExecution) -> dict[str, StepExecution]:
+        """Read: for a restart, the latest step execution of each step along the chain of
+        executions this one resumes (an execution that ran afresh ends the chain)."""
+
+        def query(connection: Connection) -> dict[str, StepExecution]:
+            chain: list[int] = []
+            previous = execution.resumed_from
+            while previous is not None:
+                chain.append(previous)
+                previous = connection.execute(
+                    select(job_execution.c.resumed_from).where(job_execution.c.id == previous)
+                ).scalar()
+            if not chain:
+                return {}
+            rows = connection.execute(
+                select(step_execution)
+                .where(step_execution.c.job_execution_id.in_(chain))
+                .order_by(step_execution.c.id)
+            ).all()
+            return {row.name: _step_execution(row) for row in rows}
+
+        return self._read(query)
+
+    def count_executions(self) -> int:
+        """Read: how many executions the repository holds."""
+        query = select(func.count()).select_from(job_execution)
+        return int(self._read(lambda connection: connection.execute(query).scalar_one()))
+
+    # -- rows -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _execution_row(connection: Connection, execution_id: int) -> Row[Any] | None:
+        query = (
+            select(*_EXECUTION_COLUMNS)
+            .join(job_instance, job_instance.c.id == job_execution.c.instance_id)
+            .where(job_execution.c.id == execution_id)
+        )
+        return connection.execute(query).first()
+
+    @staticmethod
+    def _last_execution_of_instance(
+        connection: Connection, instance_id: int
+    ) -> JobExecution | None:
+        query = (
+            select(*_EXECUTION_COLUMNS)
+            .join(job_instance, job_instance.c.id == job_execution.c.instance_id)
+            .where(job_execution.c.instance_id == instance_id)
+            .order_by(job_execution.c.id.desc())
+            .limit(1)
+        )
+        row = connection.execute(query).first()
+        return _execution(row) if row is not None else None
+
+
+def _instance_job_name(connection: Connection, instance_id: int) -> str:
+    return str(
+        connection.execute(
+            select(job_instance.c.job_name).where(job_instance.c.id == instance_id)
+        ).scalar_one()
+    )
+
+
+def _dialect_insert(connection: Connection) -> Any:
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(job_instance)
+
+
+def _execution(row: Row[Any]) -> JobExecution:
+    return JobExecution(
+        id=row.id,
+        instance_id=row.instance_id,
+        job_name=row.job_name,
+        params=row.params,
+        status=Status(row.status),
+        version=row.version,
+        exit_code=row.exit_code,
+        exit_message=row.exit_message,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        heartbeat_at=row.heartbeat_at,
+        host=row.host,
+        pid=row.pid,
+        context=row.context,
+        resumed_from=row.resumed_from,
+        log_path=row.log_path,
+    )
+
+
+def _step_execution(row: Row[Any]) -> StepExecution:
+    return StepExecution(
+        id=row.id,
+        job_execution_id=row.job_execution_id,
+        name=row.name,
+        status=Status(row.status),
+        version=row.version,
+        exit_code=row.exit_code,
+        exit_message=row.exit_message,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        context=row.context,
+        **{name: getattr(row, name) for name in STEP_COUNTERS},
+    )
+
+
+__all__ = ["Repository", "Decide"]

@@ -1,0 +1,142 @@
+"""The repository's tables: the declared schema that the migrations must build."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.types import TypeDecorator
+
+LIVE_STATUS_SQL = "status IN ('STARTING', 'STARTED', 'STOPPING')"
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both databases (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the repository")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class JSONText(TypeDecorator[Any]):
+    """JSON kept as text: the same bytes on SQLite and Postgres, never pickle."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+    def process_result_value(self, value: str | None, dialect: Any) -> Any:
+        return None if value is None else json.loads(value)
+
+
+# BigInteger ids, as an INTEGER PRIMARY KEY on SQLite (its rowid).
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+job_instance = Table(
+    "job_instance",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job_name", String(200), nullable=False),
+    Column("job_key", String(64), nullable=False),
+    Column("params", JSONText, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("job_name", "job_key"),
+)
+
+job_execution = Table(
+    "job_execution",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("instance_id", Id, ForeignKey("job_instance.id"), nullable=False),
+    Column("job_name", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("exit_code", String(32)),
+    Column("exit_message", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime),
+    Column("ended_at", UTCDateTime),
+    Column("heartbeat_at", UTCDateTime),
+    Column("host", String(255)),
+    Column("pid", Integer),
+    Column("context", JSONText, nullable=False),
+    Column("resumed_from", Id, ForeignKey("job_execution.id")),
+    Column("log_path", Text),
+    Index("ix_job_execution_job_name_id", "job_name", "id"),
+    Index("ix_job_execution_instance_id", "instance_id"),
+    Index("ix_job_execution_status", "status"),
+    # At most one live execution per instance: the database's guarantee, not Python's.
+    Index(
+        "uq_job_execution_live",
+        "instance_id",
+        unique=True,
+        sqlite_where=text(LIVE_STATUS_SQL),
+        postgresql_where=text(LIVE_STATUS_SQL),
+    ),
+)
+
+step_execution = Table(
+    "step_execution",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job_execution_id", Id, ForeignKey("job_execution.id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("exit_code", String(32)),
+    Column("exit_message", Text),
+    Column("started_at", UTCDateTime),
+    Column("ended_at", UTCDateTime),
+    Column("context", JSONText, nullable=False),
+    Column("read_count", Integer, nullable=False, server_default="0"),
+    Column("write_count", Integer, nullable=False, server_default="0"),
+    Column("filter_count", Integer, nullable=False, server_default="0"),
+    Column("commit_count", Integer, nullable=False, server_default="0"),
+    Column("rollback_count", Integer, nullable=False, server_default="0"),
+    Column("read_skip_count", Integer, nullable=False, server_default="0"),
+    Column("process_skip_count", Integer, nullable=False, server_default="0"),
+    Column("write_skip_count", Integer, nullable=False, server_default="0"),
+    Index("ix_step_execution_job_execution_id", "job_execution_id"),
+)
