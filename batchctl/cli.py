@@ -19,6 +19,8 @@ from batchctl.errors import EXIT_FAILED, EXIT_USAGE, BatchctlError
 if TYPE_CHECKING:
     from batchctl.operator import Batch
 
+HIDDEN_COMMAND = "run-execution"  # the same name as batchctl.launcher.HIDDEN_COMMAND
+
 app = typer.Typer(
     name="batchctl",
     help="Run, watch, stop and restart batch jobs recorded in a job repository.",
@@ -84,15 +86,50 @@ def start(
     params: Annotated[
         Optional[str], typer.Option("--params", "-p", help="Params as a JSON object.")
     ] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Run in a new process; print its id and return.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Run a job in the foreground. Exit code: 0 completed, 1 failed, 3 stopped."""
+    """Run a job. Exit code: 0 completed, 1 failed, 3 stopped (--detach: 0 once launched)."""
     from batchctl.operator import parse_params
 
     given = parse_params(params)
     batch = _options.open()
-    execution, found = batch.create_start(job, given)
-    _run(batch, found, execution, as_json=as_json)
+    execution, found = batch.create_start(job, given, detach=detach)
+    _run_or_launch(batch, found, execution, detach=detach, as_json=as_json)
+
+
+@app.command()
+def restart(
+    target: Annotated[str, typer.Argument(metavar="JOB|ID", help="A job name or an execution id.")],
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Run in a new process; print its id and return.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Resume a STOPPED or FAILED instance where it stopped: completed steps are skipped."""
+    batch = _options.open()
+    execution, found = batch.create_restart(target, detach=detach)
+    _run_or_launch(batch, found, execution, detach=detach, as_json=as_json)
+
+
+def _run_or_launch(batch: Batch, job: Any, execution: Any, *, detach: bool, as_json: bool) -> None:
+    from batchctl import render
+
+    if execution.resumed_from and not as_json:
+        render.warn(
+            f"resuming job {job.name} from execution {execution.resumed_from} "
+            f"(new execution {execution.id})"
+        )
+    if detach:
+        launched = batch.launch(execution)
+        if as_json:
+            render.print_json(render.execution_dict(launched))
+        else:
+            render.print_launched(launched)
+        return
+    _run(batch, job, execution, as_json=as_json)
 
 
 def _run(batch: Batch, job: Any, execution: Any, *, as_json: bool) -> None:
@@ -101,11 +138,6 @@ def _run(batch: Batch, job: Any, execution: Any, *, as_json: bool) -> None:
 
     terminal = render.stderr.is_terminal and not as_json
     render.setup_logging(rich_output=terminal)
-    if execution.resumed_from:
-        render.warn(
-            f"resuming job {job.name} from execution {execution.resumed_from} "
-            f"(new execution {execution.id})"
-        )
     observers = render.displays(job, terminal=terminal)
     if observers:
         with observers[0]:
@@ -116,6 +148,68 @@ def _run(batch: Batch, job: Any, execution: Any, *, as_json: bool) -> None:
         render.print_json(render.execution_dict(finished, batch.step_executions(finished.id)))
     else:
         render.print_outcome(finished)
+    raise typer.Exit(finished.process_exit_code)
+
+
+@app.command()
+def stop(
+    target: Annotated[str, typer.Argument(metavar="JOB|ID", help="A job name or an execution id.")],
+    wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait until it has ended.")] = False,
+    timeout: Annotated[
+        Optional[float],
+        typer.Option("--timeout", "-t", min=0, help="With --wait: give up after S seconds."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Ask a live execution to stop at its next checkpoint."""
+    from batchctl import render
+
+    execution = _options.open().stop(target, wait=wait, timeout=timeout)
+    if as_json:
+        render.print_json(render.execution_dict(execution))
+    else:
+        render.print_stop(execution, waited=wait)
+
+
+@app.command()
+def abandon(
+    execution_id: Annotated[int, typer.Argument(metavar="ID", help="An execution id.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Mark a STOPPED, FAILED or UNKNOWN execution ABANDONED: it will never be restarted."""
+    from batchctl import render
+
+    execution = _options.open().abandon(execution_id)
+    if as_json:
+        render.print_json(render.execution_dict(execution))
+    else:
+        render.stdout.print(f"execution {execution.id} of {execution.job_name} abandoned")
+
+
+@app.command()
+def logs(
+    execution_id: Annotated[int, typer.Argument(metavar="ID", help="An execution id.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the execution ends.")
+    ] = False,
+) -> None:
+    """Print a detached execution's log."""
+    from batchctl.launcher import read_log
+
+    for chunk in read_log(_options.open(), execution_id, follow=follow):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+
+@app.command(HIDDEN_COMMAND, hidden=True)
+def run_execution(
+    execution_id: Annotated[int, typer.Argument(metavar="ID")],
+) -> None:
+    """Run a launched execution (the process a detached start creates)."""
+    from batchctl import render
+
+    render.setup_logging(rich_output=False)
+    finished = _options.open().run_launched(execution_id)
     raise typer.Exit(finished.process_exit_code)
 
 

@@ -82,6 +82,10 @@ class NotAbandonable(Refused):
     """Only a STOPPED, FAILED or UNKNOWN execution can be abandoned."""
 
 
+class StopTimeout(BatchctlError):
+    """The execution did not stop in time."""
+
+
 class StaleExecution(Refused):
     """The execution was changed by another process (lost update)."""
 

@@ -1,17 +1,108 @@
-"""Where an execution runs: in this process (foreground), with signals routed to a stop.
+"""Where an execution runs: in this process (foreground), or in a new one (detached).
 
-Ctrl-C or SIGTERM asks the engine for a graceful stop (it finishes the current checkpoint and
-ends STOPPED); a second Ctrl-C interrupts the step at once.
+A detached execution is the same engine in another process: `python -m batchctl
+run-execution ID`, in its own session, its output going to a log file. In either, Ctrl-C or
+SIGTERM asks the engine for a graceful stop (it finishes the current checkpoint and ends
+STOPPED); a second Ctrl-C interrupts the step at once.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
+import threading
+import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from batchctl.config import Config
+from batchctl.errors import UsageError
 from batchctl.job import Job
 from batchctl.model import JobExecution
+
+HIDDEN_COMMAND = "run-execution"
+LOG_FOLLOW_POLL = 0.2  # seconds between two looks at a followed log
+
+
+def log_path_for(config: Config, execution: JobExecution) -> Path:
+    return config.log_dir / f"{execution.job_name}-{execution.id}.log"
+
+
+def spawn(config: Config, execution: JobExecution, log_path: Path) -> int:
+    """Start the process that runs `execution`; return its pid without waiting for it.
+
+    The child gets the fully resolved configuration through its environment (never on its
+    command line, where a database password would show in `ps`).
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.pop("BATCHCTL_CONFIG", None)
+    env.update(
+        BATCHCTL_DATABASE_URL=config.database_url,
+        BATCHCTL_JOBS_DIR=str(config.jobs_dir),
+        BATCHCTL_LOG_DIR=str(config.log_dir),
+        BATCHCTL_HEARTBEAT_INTERVAL=str(config.heartbeat_interval),
+        BATCHCTL_HEARTBEAT_TIMEOUT=str(config.heartbeat_timeout),
+    )
+    command = [sys.executable, "-m", "batchctl", HIDDEN_COMMAND, str(execution.id)]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=Path.cwd(),
+            start_new_session=True,
+            close_fds=True,
+        )
+    # Reap the child when it ends, so a long-lived caller collects no zombies.
+    threading.Thread(target=process.wait, name=f"batchctl-reap-{process.pid}", daemon=True).start()
+    return process.pid
+
+
+def read_log(batch: Any, execution_id: int, *, follow: bool = False) -> Iterator[str]:
+    """The text of a detached execution's log; with `follow`, more as it is written, until the
+    execution is no longer live."""
+    execution = batch.execution(execution_id)
+    if not execution.log_path:
+        raise UsageError(
+            f"execution {execution_id} has no log file: it ran in the foreground"
+        )
+    path = Path(execution.log_path)
+    if not path.exists():
+        raise UsageError(f"the log of execution {execution_id} is gone: {path}")
+    with path.open("r", encoding="utf-8", errors="replace") as log:
+        while True:
+            text = log.read()
+            if text:
+                yield text
+            if not follow:
+                return
+            if not batch.execution(execution_id).status.is_live:
+                rest = log.read()
+                if rest:
+                    yield rest
+                return
+            time.sleep(LOG_FOLLOW_POLL)
+
+
+def process_alive(pid: int) -> bool:
+    """True while a process with this pid exists on this host and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 class _StopOnSignals:

@@ -11,19 +11,36 @@ from __future__ import annotations
 import json
 import os
 import socket
-from typing import Any, Iterable, Mapping, Sequence
+import time
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from batchctl.config import Config
 from batchctl.errors import (
     AlreadyComplete,
     AlreadyRunning,
+    BatchctlError,
     InvalidParams,
+    NotAbandonable,
+    NotLive,
     NotRestartable,
     Refused,
+    StaleExecution,
+    StopTimeout,
     UsageError,
 )
 from batchctl.job import Job
-from batchctl.model import JobExecution, Status, StepExecution, instance_key, params_to_json
+from batchctl.model import (
+    JobExecution,
+    Status,
+    StepExecution,
+    instance_key,
+    params_to_json,
+    utcnow,
+)
+
+STOP_WAIT_POLL = 0.1  # seconds between two looks at an execution `stop --wait` waits for
 
 # -- the rules ------------------------------------------------------------------------------------
 
@@ -66,6 +83,36 @@ def restart_rule(last: JobExecution | None) -> JobExecution | None:
             f"FAILED executions restart{hint}"
         )
     return last
+
+
+def lost_reason(
+    execution: JobExecution,
+    *,
+    now: datetime,
+    timeout: float,
+    this_host: str,
+    process_alive: Callable[[int], bool],
+) -> str | None:
+    """Why a live execution is taken as lost (its process gone, or silent past the timeout),
+    or None while it may still be running."""
+    if not execution.status.is_live:
+        return None
+    beat = execution.heartbeat_at or execution.created_at
+    beat_text = beat.isoformat(timespec="seconds") if beat else "never"
+    where = f"pid {execution.pid} on {execution.host}" if execution.pid else "no pid recorded yet"
+    if execution.pid and execution.host == this_host and not process_alive(execution.pid):
+        return f"process lost: {where} is gone (last heartbeat {beat_text})"
+    if beat is None or (now - beat).total_seconds() > timeout:
+        return (
+            f"process lost: no heartbeat for more than {timeout:g}s (last heartbeat {beat_text}, "
+            f"{where})"
+        )
+    return None
+
+
+def lost_status(execution: JobExecution) -> Status:
+    """A lost execution that was stopping counts as stopped; any other as failed."""
+    return Status.STOPPED if execution.status == Status.STOPPING else Status.FAILED
 
 
 def parse_target(target: str | int) -> int | str:
@@ -170,47 +217,62 @@ class Batch:
         job: str | Job,
         params: Mapping[str, Any] | None = None,
         *,
+        detach: bool = False,
         observers: Iterable[Any] = (),
         on_tracker: Any = None,
     ) -> JobExecution:
-        """Run `job` with `params` in this process and return the finished execution.
+        """Run `job` with `params` and return the execution.
 
-        A new instance runs afresh; a FAILED or STOPPED one resumes (`execution.resumed_from`);
-        a live or COMPLETED one is refused.
+        In this process by default, returning the finished execution; with `detach=True` in a
+        new process, returning at once the STARTING execution (its `pid` is the new process's,
+        its `log_path` the log file). A new instance runs afresh; a FAILED or STOPPED one
+        resumes (`execution.resumed_from`); a live or COMPLETED one is refused.
         """
-        execution, found = self.create_start(job, params)
+        execution, found = self.create_start(job, params, detach=detach)
+        if detach:
+            return self.launch(execution)
         return self.run(found, execution, observers=observers, on_tracker=on_tracker)
 
     def create_start(
-        self, job: str | Job, params: Mapping[str, Any] | None = None
+        self, job: str | Job, params: Mapping[str, Any] | None = None, *, detach: bool = False
     ) -> tuple[JobExecution, Job]:
         """Record a STARTING execution for `start` without running it."""
         found = job if isinstance(job, Job) else self.job(job)
         converted = found.convert_params(params or {})
-        stored = params_to_json(converted)
+        self.recover_lost(found.name)
         execution = self.repository.create_execution(
             found.name,
             instance_key(converted),
-            stored,
+            params_to_json(converted),
             start_rule,
             host=socket.gethostname(),
-            pid=os.getpid(),
+            pid=None if detach else os.getpid(),
         )
         return execution, found
 
     def restart(
-        self, target: str | int, *, observers: Iterable[Any] = (), on_tracker: Any = None
+        self,
+        target: str | int,
+        *,
+        detach: bool = False,
+        observers: Iterable[Any] = (),
+        on_tracker: Any = None,
     ) -> JobExecution:
-        """Resume the STOPPED or FAILED instance named by `target` in this process."""
-        execution, found = self.create_restart(target)
+        """Resume the STOPPED or FAILED instance named by `target` (see `start` for detach)."""
+        execution, found = self.create_restart(target, detach=detach)
+        if detach:
+            return self.launch(execution)
         return self.run(found, execution, observers=observers, on_tracker=on_tracker)
 
-    def create_restart(self, target: str | int) -> tuple[JobExecution, Job]:
+    def create_restart(self, target: str | int, *, detach: bool = False) -> tuple[JobExecution, Job]:
         """Record the STARTING execution of a restart without running it."""
         previous = self.resolve(target)
         found = self.job(previous.job_name)
         execution = self.repository.create_execution_of_instance(
-            previous.instance_id, restart_rule, host=socket.gethostname(), pid=os.getpid()
+            previous.instance_id,
+            restart_rule,
+            host=socket.gethostname(),
+            pid=None if detach else os.getpid(),
         )
         return execution, found
 
@@ -235,6 +297,147 @@ class Batch:
             on_tracker=on_tracker,
         )
 
+    def launch(self, execution: JobExecution) -> JobExecution:
+        """Hand a STARTING execution to a new process; return it with that process's pid."""
+        from batchctl import launcher
+
+        log_path = launcher.log_path_for(self.config, execution)
+        execution = self.repository.update_execution(execution, log_path=str(log_path))
+        try:
+            pid = launcher.spawn(self.config, execution, log_path)
+        except OSError as exc:
+            self.fail_unstarted(execution, f"could not start a process: {exc}")
+            raise
+        return replace(execution, pid=pid)
+
+    def run_launched(self, execution_id: int, *, observers: Iterable[Any] = ()) -> JobExecution:
+        """In the new process of a detached launch: take the execution over and run it.
+
+        Anything that prevents the job from even starting ends the execution FAILED with the
+        reason, never leaving it STARTING.
+        """
+        from batchctl.launcher import run_foreground
+
+        execution = self.execution(execution_id)
+        try:
+            job = self.job(execution.job_name)
+        except BatchctlError as exc:
+            return self.fail_unstarted(execution, f"could not load job: {exc.message}")
+        except Exception as exc:
+            return self.fail_unstarted(execution, f"could not load job: {type(exc).__name__}: {exc}")
+        return run_foreground(self, job, execution, observers=observers)
+
+    def fail_unstarted(self, execution: JobExecution, message: str) -> JobExecution:
+        """End an execution that never started: FAILED (STOPPED if a stop came meanwhile)."""
+
+        def decide(current: JobExecution) -> dict[str, Any] | None:
+            if current.status not in (Status.STARTING, Status.STOPPING):
+                return None
+            status = lost_status(current)
+            return {"status": status, "exit_code": status.value, "exit_message": message,
+                    "ended_at": utcnow()}
+
+        return self._settle(execution, decide)
+
+    # -- stopping, abandoning, lost processes --------------------------------------------------------
+
+    def stop(
+        self, target: str | int, *, wait: bool = False, timeout: float | None = None
+    ) -> JobExecution:
+        """Ask the live execution named by `target` to stop; with `wait`, until it has ended.
+
+        The engine stops at its next checkpoint or chunk boundary and ends STOPPED. Refused
+        (NotLive) when the execution is not live, naming the job's other live executions.
+        """
+        execution = self.resolve(target)
+        self.recover_lost(execution.job_name)
+        stopping = self.repository.request_stop(execution.id)
+        if stopping is None:
+            raise NotLive(self._not_live_message(self.execution(execution.id)))
+        if not wait:
+            return stopping
+        return self.wait_until_ended(stopping.id, timeout=timeout)
+
+    def wait_until_ended(self, execution_id: int, *, timeout: float | None = None) -> JobExecution:
+        """Poll the execution until it is no longer live (StopTimeout after `timeout` seconds)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            execution = self.execution(execution_id)
+            if execution.status.is_live:
+                execution = self._recover(execution)
+            if not execution.status.is_live:
+                return execution
+            if deadline is not None and time.monotonic() >= deadline:
+                raise StopTimeout(
+                    f"execution {execution_id} is still {execution.status.value} after "
+                    f"{timeout:g}s"
+                )
+            time.sleep(STOP_WAIT_POLL)
+
+    def abandon(self, execution_id: int) -> JobExecution:
+        """Mark a STOPPED, FAILED or UNKNOWN execution ABANDONED: never to be restarted."""
+        execution = self.execution(execution_id)
+        if execution.status.is_live:
+            execution = self._recover(execution)
+        abandoned = self.repository.abandon(execution_id)
+        if abandoned is None:
+            current = self.execution(execution_id)
+            raise NotAbandonable(
+                f"execution {execution_id} is {current.status.value}; only STOPPED, FAILED or "
+                "UNKNOWN executions can be abandoned"
+            )
+        return abandoned
+
+    def recover_lost(self, job_name: str | None = None) -> list[JobExecution]:
+        """Mark every live execution (of `job_name`) whose process is lost FAILED, or STOPPED if
+        it was stopping; return the executions marked."""
+        marked = []
+        for execution in self.repository.live_executions(job_name):
+            recovered = self._recover(execution)
+            if recovered is not execution and not recovered.status.is_live:
+                marked.append(recovered)
+        return marked
+
+    def _recover(self, execution: JobExecution) -> JobExecution:
+        from batchctl.launcher import process_alive
+
+        def decide(current: JobExecution) -> dict[str, Any] | None:
+            reason = lost_reason(
+                current,
+                now=utcnow(),
+                timeout=self.config.heartbeat_timeout,
+                this_host=socket.gethostname(),
+                process_alive=process_alive,
+            )
+            if reason is None:
+                return None
+            status = lost_status(current)
+            return {"status": status, "exit_code": status.value, "exit_message": reason,
+                    "ended_at": utcnow()}
+
+        return self._settle(execution, decide)
+
+    def _settle(
+        self, execution: JobExecution, decide: Callable[[JobExecution], dict[str, Any] | None]
+    ) -> JobExecution:
+        """Apply `decide`'s changes conditionally on the version, re-reading after a lost update."""
+        current = execution
+        while True:
+            changes = decide(current)
+            if changes is None:
+                return current
+            try:
+                return self.repository.update_execution(current, **changes)
+            except StaleExecution:
+                current = self.execution(current.id)
+
+    def _not_live_message(self, execution: JobExecution) -> str:
+        message = f"execution {execution.id} of job {execution.job_name} is not live ({execution.status.value})"
+        others = [e.id for e in self.repository.live_executions(execution.job_name)]
+        if others:
+            message += f"; live executions of {execution.job_name}: {', '.join(map(str, others))}"
+        return message
+
     # -- reading --------------------------------------------------------------------------------
 
     def resolve(self, target: str | int) -> JobExecution:
@@ -250,7 +453,9 @@ class Batch:
         return latest
 
     def execution(self, execution_id: int) -> JobExecution:
-        return self.repository.execution(execution_id)
+        """One execution; a live one whose process is lost is first marked so."""
+        execution = self.repository.execution(execution_id)
+        return self._recover(execution) if execution.status.is_live else execution
 
     def step_executions(self, execution_id: int) -> list[StepExecution]:
         return self.repository.step_executions(execution_id)
@@ -262,6 +467,7 @@ class Batch:
         statuses: Sequence[Status | str] = (),
         limit: int | None = 20,
     ) -> list[JobExecution]:
-        """Executions, newest first; `limit=None` for all."""
+        """Executions, newest first; `limit=None` for all. Lost processes are marked first."""
         wanted = parse_statuses([s.value if isinstance(s, Status) else s for s in statuses])
+        self.recover_lost(job)
         return self.repository.history(job, wanted, limit)

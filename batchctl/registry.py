@@ -115,8 +115,9 @@ def _ensure_parent_package(jobs_dir: Path) -> None:
 
 def _import(stem: str, module_file: Path, problems: list[LoadProblem]) -> types.ModuleType | None:
     name = f"{MODULE_PREFIX}.{stem}"
-    if name in sys.modules:
-        return sys.modules[name]
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(module_file):
+        return loaded
     is_package = module_file.name == "__init__.py"
     spec = importlib.util.spec_from_file_location(
         name,

@@ -30,8 +30,10 @@ STATUS_STYLES = {
     Status.UNKNOWN: "magenta",
 }
 
-stdout = Console(highlight=False, soft_wrap=False)
-stderr = Console(stderr=True, highlight=False)
+# Off a terminal there is no width to fit: keep rows whole for pipes and files.
+_PIPE_WIDTH = 250
+stdout = Console(highlight=False, width=None if sys.stdout.isatty() else _PIPE_WIDTH)
+stderr = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else _PIPE_WIDTH)
 
 
 # -- JSON -----------------------------------------------------------------------------------------
@@ -214,6 +216,26 @@ def print_outcome(execution: JobExecution) -> None:
     )
     if execution.exit_message and execution.status != Status.COMPLETED:
         line.append(f": {_first_line(execution.exit_message)}")
+    stdout.print(line)
+
+
+def print_launched(execution: JobExecution) -> None:
+    """What a detached start prints: the id to stop or restart it by, its pid and log."""
+    stdout.print(
+        f"execution {execution.id} of {execution.job_name} launched: pid {execution.pid}, "
+        f"log {execution.log_path}"
+    )
+
+
+def print_stop(execution: JobExecution, *, waited: bool) -> None:
+    if not waited:
+        stdout.print(f"execution {execution.id} of {execution.job_name} is stopping")
+        return
+    line = Text.assemble(
+        f"execution {execution.id} of {execution.job_name} ended ", status_text(execution.status)
+    )
+    if execution.status == Status.COMPLETED:
+        line.append(" (it completed before it could stop)")
     stdout.print(line)
 
 

@@ -205,6 +205,26 @@ class Repository:
 
         return self._write(change)
 
+    def abandon(self, execution_id: int) -> JobExecution | None:
+        """Claim: STOPPED/FAILED/UNKNOWN -> ABANDONED in one conditional update.
+
+        Returns the abandoned execution, or None when its status did not allow it.
+        """
+        allowed = [Status.STOPPED.value, Status.FAILED.value, Status.UNKNOWN.value]
+
+        def change(connection: Connection) -> JobExecution | None:
+            result = connection.execute(
+                update(job_execution)
+                .where(job_execution.c.id == execution_id, job_execution.c.status.in_(allowed))
+                .values(status=Status.ABANDONED.value, version=job_execution.c.version + 1)
+            )
+            row = self._execution_row(connection, execution_id)
+            if row is None:
+                raise UnknownExecution(f"no execution with id {execution_id}")
+            return _execution(row) if result.rowcount == 1 else None
+
+        return self._write(change)
+
     # -- writes ---------------------------------------------------------------------------------
 
     def update_execution(self, execution: JobExecution, **changes: Any) -> JobExecution:
