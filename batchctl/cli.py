@@ -240,16 +240,17 @@ def show(
     execution_id: Annotated[int, typer.Argument(metavar="ID", help="An execution id.")],
     as_json: JsonOption = False,
 ) -> None:
-    """One execution with its step executions."""
+    """One execution with its step executions and the items its chunk steps skipped."""
     from batchctl import render
 
     batch = _options.open()
     execution = batch.execution(execution_id)
     steps = batch.step_executions(execution_id)
+    skipped = batch.skipped_items(execution_id)
     if as_json:
-        render.print_json(render.execution_dict(execution, steps))
+        render.print_json(render.execution_dict(execution, steps, skipped))
     else:
-        render.print_execution(execution, steps)
+        render.print_execution(execution, steps, skipped)
 
 
 @app.command()

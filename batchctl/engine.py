@@ -223,10 +223,11 @@ class _JobRun:
             execution_id=self.execution.id,
             step_execution_id=step_execution.id,
             stop_event=self.tracker.stop_event,
+            engine=self.repository.engine,
         )
         self.observers.step_started(step_execution)
         log.info("step %s started", step.name)
-        runner = _TaskletRun(step, ctx, step_execution, self.repository, self.observers)
+        runner = _runner_for(step)(step, ctx, step_execution, self.repository, self.observers)
         status, message = runner.run(self.job.listeners)
         ended = self.repository.update_step_execution(
             runner.step_execution,
@@ -311,6 +312,15 @@ class _TaskletRun:
             commit_count=self.step_execution.commit_count + 1,
         )
         self.observers.step_checkpoint(self.step_execution)
+
+
+def _runner_for(step: Step) -> Callable[..., Any]:
+    """The runner of a step's kind: the tasklet runner here, the chunk loop in batchctl.chunk."""
+    if step.kind == "chunk":
+        from batchctl.chunk import ChunkRun
+
+        return ChunkRun
+    return _TaskletRun
 
 
 def _to_stopping(current: JobExecution) -> dict[str, Any] | None:

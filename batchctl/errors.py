@@ -90,6 +90,14 @@ class StaleExecution(Refused):
     """The execution was changed by another process (lost update)."""
 
 
+class SkipLimitExceeded(BatchctlError):
+    """The chunk step skipped more items than its skip limit allows."""
+
+
+class CommitUnknown(BatchctlError):
+    """The commit of a chunk failed: whether it was committed is unknown."""
+
+
 # -- the environment: exit 5 --------------------------------------------------------------------
 
 

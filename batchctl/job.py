@@ -20,28 +20,61 @@ from batchctl.model import Param, convert_params
 
 JOB_LISTENER_METHODS = ("before_job", "after_job")
 STEP_LISTENER_METHODS = ("before_step", "after_step")
-LISTENER_METHODS = JOB_LISTENER_METHODS + STEP_LISTENER_METHODS
+CHUNK_LISTENER_METHODS = ("before_chunk", "after_chunk", "on_chunk_error", "on_skip")
+LISTENER_METHODS = JOB_LISTENER_METHODS + STEP_LISTENER_METHODS + CHUNK_LISTENER_METHODS
+
+DEFAULT_SKIP_LIMIT = 10  # skips a chunk step tolerates when `skip` is given (Spring Batch's default)
+DEFAULT_RETRY_LIMIT = 3  # retries of a failing item or chunk write when `retry` is given
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 
 StepFunction = Callable[["StepContext"], Any]
+Processor = Callable[[Any, "StepContext"], Any]
+ExceptionTypes = tuple[type[BaseException], ...]
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    """How a chunk step reads, processes, writes and tolerates faults.
+
+    `reader` is a function `read(ctx) -> Iterable[item]` or an object with `open(ctx, state)`,
+    `read()` (None at the end), `state()`, `close()`; `writer` a function `write(items, ctx)`
+    or an object with `open(ctx, state)`, `write(items)`, `state()`, `close()`. `processor`
+    is `fn(item, ctx) -> item | None` (None filters the item out) or None (items pass as read).
+    A failing item is retried `retry_limit` times when its exception is one of `retry`,
+    waiting `backoff` seconds before the first retry and twice as long before each next; then
+    skipped when it is one of `skip`, at most `skip_limit` times over the step (None: no limit).
+    """
+
+    reader: Any
+    writer: Any
+    size: int
+    processor: Processor | None = None
+    retry: ExceptionTypes = ()
+    retry_limit: int = 0
+    backoff: float | Callable[[int], float] = 0.0
+    skip: ExceptionTypes = ()
+    skip_limit: int | None = 0
 
 
 @dataclass(frozen=True)
 class Step:
-    """One declared step. A tasklet that is a generator checkpoints at every `yield`."""
+    """One declared step. A tasklet that is a generator checkpoints at every `yield`; a chunk
+    step (`kind="chunk"`) reads, processes and writes by `chunk`, its processor as `function`
+    (None when it has none)."""
 
     name: str
-    function: StepFunction
+    function: StepFunction | Processor | None
     kind: str = "tasklet"
+    chunk: ChunkSettings | None = None
 
     @property
     def is_generator(self) -> bool:
-        return inspect.isgeneratorfunction(self.function)
+        return self.function is not None and inspect.isgeneratorfunction(self.function)
 
     @property
     def description(self) -> str:
-        doc = inspect.getdoc(self.function) or ""
+        doc = inspect.getdoc(self.function) if self.function is not None else None
         return doc.splitlines()[0] if doc else ""
 
 
@@ -49,8 +82,12 @@ class StepContext:
     """What a step sees: typed params, its own saved state, the job's shared context, a logger.
 
     `state` is the step execution's context: saved at every checkpoint (a generator tasklet's
-    `yield`) and handed back on restart. `job_context` is shared by all steps of the job
-    execution and saved after each step.
+    `yield`, a chunk's commit) and handed back on restart. `job_context` is shared by all steps
+    of the job execution and saved after each step.
+
+    `connection` is the repository database's connection inside a chunk's write: what a writer
+    writes through it commits in one transaction with the chunk's checkpoint (None elsewhere).
+    `engine` is the repository database's SQLAlchemy engine, for readers of that database.
     """
 
     def __init__(
@@ -64,6 +101,7 @@ class StepContext:
         execution_id: int,
         step_execution_id: int,
         stop_event: threading.Event,
+        engine: Any = None,
     ) -> None:
         self.job_name = job_name
         self.step_name = step_name
@@ -74,6 +112,8 @@ class StepContext:
         self.step_execution_id = step_execution_id
         self.log = logging.getLogger(f"batchctl.job.{job_name}.{step_name}")
         self._stop_event = stop_event
+        self.engine = engine
+        self.connection: Any = None
 
     @property
     def stop_requested(self) -> bool:
@@ -147,6 +187,102 @@ class Job:
 
         return declare(function) if function is not None else declare
 
+    def chunk(
+        self,
+        *,
+        reader: Any,
+        writer: Any,
+        size: int = 100,
+        name: str | None = None,
+        retry: type[BaseException] | Iterable[type[BaseException]] = (),
+        retry_limit: int | None = None,
+        backoff: float | Callable[[int], float] = 0.0,
+        skip: type[BaseException] | Iterable[type[BaseException]] = (),
+        skip_limit: int | None = DEFAULT_SKIP_LIMIT,
+    ) -> Callable[[Processor], Processor]:
+        """Declare a chunk step whose processor is the decorated `fn(item, ctx)`.
+
+        ```
+        @job.chunk(reader=CsvReader("in.csv"), writer=SqlWriter("ledger"), size=1000)
+        def post(entry: dict, ctx: StepContext) -> dict | None:   # None filters the item out
+            ...
+        ```
+
+        Each chunk reads up to `size` items, processes each, writes the list, and commits the
+        step's counters and state. See `ChunkSettings` for `retry` and `skip`; `backoff` is
+        seconds before the first retry (doubled each time) or `fn(retry_number) -> seconds`.
+        """
+
+        def declare(fn: Processor) -> Processor:
+            self.chunk_step(
+                name or fn.__name__, reader=reader, writer=writer, size=size, processor=fn,
+                retry=retry, retry_limit=retry_limit, backoff=backoff, skip=skip,
+                skip_limit=skip_limit,
+            )
+            return fn
+
+        return declare
+
+    def chunk_step(
+        self,
+        name: str,
+        *,
+        reader: Any,
+        writer: Any,
+        size: int = 100,
+        processor: Processor | None = None,
+        retry: type[BaseException] | Iterable[type[BaseException]] = (),
+        retry_limit: int | None = None,
+        backoff: float | Callable[[int], float] = 0.0,
+        skip: type[BaseException] | Iterable[type[BaseException]] = (),
+        skip_limit: int | None = DEFAULT_SKIP_LIMIT,
+    ) -> Step:
+        """Declare a chunk step by name, with or without a processor (items pass as read):
+
+        ```
+        job.chunk_step("load", reader=CsvReader("in.csv"), writer=SqlWriter("ledger"), size=1000)
+        ```
+        """
+        where = f"job {self.name!r}, step {name!r}"
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise JobDefinitionError(f"{where}: size must be a positive integer, not {size!r}")
+        if not callable(getattr(reader, "read", None)) and not callable(reader):
+            raise JobDefinitionError(
+                f"{where}: reader must be a function read(ctx) -> iterable or an object with read()"
+            )
+        if not callable(writer) and not callable(getattr(writer, "write", None)):
+            raise JobDefinitionError(
+                f"{where}: writer must be a function write(items, ctx) or an object with write()"
+            )
+        if processor is not None and not callable(processor):
+            raise JobDefinitionError(f"{where}: processor must be callable")
+        retry_types = _exception_types(where, "retry", retry)
+        skip_types = _exception_types(where, "skip", skip)
+        if retry_limit is None:
+            retry_limit = DEFAULT_RETRY_LIMIT if retry_types else 0
+        if isinstance(retry_limit, bool) or not isinstance(retry_limit, int) or retry_limit < 0:
+            raise JobDefinitionError(f"{where}: retry_limit must be an integer >= 0")
+        if skip_limit is not None and (
+            isinstance(skip_limit, bool) or not isinstance(skip_limit, int) or skip_limit < 0
+        ):
+            raise JobDefinitionError(f"{where}: skip_limit must be an integer >= 0 or None")
+        if not callable(backoff) and (not isinstance(backoff, (int, float)) or backoff < 0):
+            raise JobDefinitionError(f"{where}: backoff must be seconds >= 0 or a function")
+        settings = ChunkSettings(
+            reader=reader,
+            writer=writer,
+            size=size,
+            processor=processor,
+            retry=retry_types,
+            retry_limit=retry_limit,
+            backoff=backoff,
+            skip=skip_types,
+            skip_limit=skip_limit if skip_types else 0,
+        )
+        step = Step(name=name, function=processor, kind="chunk", chunk=settings)
+        self._add_step(step)
+        return step
+
     def _add_step(self, step: Step) -> None:
         if not _NAME.match(step.name):
             raise JobDefinitionError(f"job {self.name!r}: invalid step name {step.name!r}")
@@ -163,7 +299,8 @@ class Job:
     # -- listeners ------------------------------------------------------------------------------
 
     def listener(self, listener: Any) -> Any:
-        """Register an object with any of before_job/after_job/before_step/after_step."""
+        """Register an object with any of before_job/after_job/before_step/after_step, or for
+        chunk steps before_chunk/after_chunk/on_chunk_error/on_skip."""
         if not any(callable(getattr(listener, m, None)) for m in LISTENER_METHODS):
             raise JobDefinitionError(
                 f"job {self.name!r}: a listener needs one of {', '.join(LISTENER_METHODS)}"
@@ -187,6 +324,24 @@ class Job:
         """`fn(ctx, step_execution)` after each step; raising fails the step."""
         return self._listen("after_step", function)
 
+    def before_chunk(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn(ctx)` before each chunk of a chunk step; raising fails the step."""
+        return self._listen("before_chunk", function)
+
+    def after_chunk(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn(ctx, step_execution)` after each chunk committed; raising fails the step (the
+        chunk stays committed)."""
+        return self._listen("after_chunk", function)
+
+    def on_chunk_error(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn(ctx, error)` after a chunk failed and was rolled back (before any retry)."""
+        return self._listen("on_chunk_error", function)
+
+    def on_skip(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn(ctx, skipped)` for each skipped item (a `SkippedItem`: phase, position, item,
+        error) once the chunk that skipped it committed; raising fails the step."""
+        return self._listen("on_skip", function)
+
     def _listen(self, method: str, function: Callable[..., Any]) -> Callable[..., Any]:
         self.listeners.append(_FunctionListener(method, function))
         return function
@@ -196,6 +351,16 @@ def listener_calls(listeners: Iterable[Any], method: str) -> list[Callable[..., 
     """The callables to invoke for `method`: declaration order before, reverse order after."""
     calls = [getattr(lst, method) for lst in listeners if callable(getattr(lst, method, None))]
     return calls[::-1] if method.startswith("after_") else calls
+
+
+def _exception_types(
+    where: str, option: str, given: type[BaseException] | Iterable[type[BaseException]]
+) -> ExceptionTypes:
+    types = (given,) if isinstance(given, type) else tuple(given)
+    for kind in types:
+        if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+            raise JobDefinitionError(f"{where}: {option} must name exception types, not {kind!r}")
+    return types
 
 
 def _as_param(name: str, kind: type | Param) -> Param:

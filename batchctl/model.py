@@ -176,6 +176,34 @@ class StepExecution:
         return (end - self.started_at).total_seconds()
 
 
+SKIP_PHASES = ("read", "process", "write")
+
+
+@dataclass
+class SkippedItem:
+    """An item a chunk step skipped: where (`phase`, `position`), what, and why.
+
+    `item` is the item itself while the step runs (the `on_skip` listener sees it) and its
+    JSON text (or repr) once read back from the repository; `error` likewise is the exception,
+    then its one-line description.
+    """
+
+    step_execution_id: int
+    phase: str
+    position: int | None
+    item: Any
+    error: Any
+    id: int | None = None
+    step_name: str | None = None
+    created_at: datetime | None = None
+
+    @property
+    def error_text(self) -> str:
+        if isinstance(self.error, BaseException):
+            return f"{type(self.error).__name__}: {self.error}"
+        return str(self.error)
+
+
 # -- parameters ---------------------------------------------------------------------------------
 
 PARAM_TYPES: tuple[type, ...] = (str, int, float, bool, date, datetime)

@@ -33,6 +33,7 @@ from batchctl.errors import (
 from batchctl.job import Job
 from batchctl.model import (
     JobExecution,
+    SkippedItem,
     Status,
     StepExecution,
     instance_key,
@@ -459,6 +460,10 @@ class Batch:
 
     def step_executions(self, execution_id: int) -> list[StepExecution]:
         return self.repository.step_executions(execution_id)
+
+    def skipped_items(self, execution_id: int) -> list[SkippedItem]:
+        """The items the chunk steps of an execution skipped, with their errors."""
+        return self.repository.skipped_items(execution_id)
 
     def history(
         self,

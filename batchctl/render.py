@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchctl.job import Job
-from batchctl.model import JobExecution, Status, StepExecution
+from batchctl.model import JobExecution, SkippedItem, Status, StepExecution
 
 STATUS_STYLES = {
     Status.COMPLETED: "green",
@@ -39,8 +39,12 @@ stderr = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty()
 # -- JSON -----------------------------------------------------------------------------------------
 
 
-def execution_dict(execution: JobExecution, steps: Sequence[StepExecution] | None = None) -> dict[str, Any]:
-    """The JSON object of an execution (with its `steps` when given)."""
+def execution_dict(
+    execution: JobExecution,
+    steps: Sequence[StepExecution] | None = None,
+    skipped: Sequence[SkippedItem] | None = None,
+) -> dict[str, Any]:
+    """The JSON object of an execution (with its `steps` and `skipped` items when given)."""
     data: dict[str, Any] = {
         "id": execution.id,
         "job": execution.job_name,
@@ -62,7 +66,22 @@ def execution_dict(execution: JobExecution, steps: Sequence[StepExecution] | Non
     }
     if steps is not None:
         data["steps"] = [step_dict(step) for step in steps]
+    if skipped is not None:
+        data["skipped"] = [skipped_dict(item) for item in skipped]
     return data
+
+
+def skipped_dict(skipped: SkippedItem) -> dict[str, Any]:
+    return {
+        "id": skipped.id,
+        "step_execution_id": skipped.step_execution_id,
+        "step": skipped.step_name,
+        "phase": skipped.phase,
+        "position": skipped.position,
+        "item": skipped.item,
+        "error": skipped.error_text,
+        "created_at": _iso(skipped.created_at),
+    }
 
 
 def step_dict(step: StepExecution) -> dict[str, Any]:
@@ -144,7 +163,9 @@ def print_history(executions: Sequence[JobExecution]) -> None:
     stdout.print(table)
 
 
-def print_execution(execution: JobExecution, steps: Sequence[StepExecution]) -> None:
+def print_execution(
+    execution: JobExecution, steps: Sequence[StepExecution], skipped: Sequence[SkippedItem] = ()
+) -> None:
     header = Table.grid(padding=(0, 2))
     header.add_column(style="bold")
     header.add_column()
@@ -169,11 +190,10 @@ def print_execution(execution: JobExecution, steps: Sequence[StepExecution]) -> 
         return
     table = Table(box=None, pad_edge=False, header_style="bold", title_justify="left")
     columns = ("id", "step", "status", "started", "duration", "read", "written", "filtered",
-               "skipped", "commits", "message")
+               "skipped", "commits", "rollbacks", "message")
     for column in columns:
         table.add_column(column)
     for step in steps:
-        skipped = step.read_skip_count + step.process_skip_count + step.write_skip_count
         table.add_row(
             str(step.id),
             step.name,
@@ -183,9 +203,44 @@ def print_execution(execution: JobExecution, steps: Sequence[StepExecution]) -> 
             str(step.read_count),
             str(step.write_count),
             str(step.filter_count),
-            str(skipped),
+            _skips_text(step),
             str(step.commit_count),
+            str(step.rollback_count),
             _first_line(step.exit_message),
+        )
+    stdout.print()
+    stdout.print(table)
+    if skipped:
+        print_skipped(skipped)
+
+
+def _skips_text(step: StepExecution) -> str:
+    counts = (step.read_skip_count, step.process_skip_count, step.write_skip_count)
+    if not any(counts):
+        return "0"
+    parts = [f"{phase} {n}" for phase, n in zip(("read", "process", "write"), counts) if n]
+    return f"{sum(counts)} ({', '.join(parts)})"
+
+
+SKIPPED_ITEM_WIDTH = 60  # characters of a skipped item shown in the table (JSON has it all)
+
+
+def print_skipped(skipped: Sequence[SkippedItem]) -> None:
+    """The items the steps skipped, with where and why."""
+    table = Table(box=None, pad_edge=False, header_style="bold", title="skipped items",
+                  title_justify="left", title_style="bold")
+    for column in ("step", "phase", "item #", "error", "item"):
+        table.add_column(column, justify="right" if column == "item #" else "left")
+    for item in skipped:
+        text = str(item.item) if item.item is not None else "-"
+        if len(text) > SKIPPED_ITEM_WIDTH:
+            text = text[: SKIPPED_ITEM_WIDTH - 1] + "…"
+        table.add_row(
+            item.step_name or str(item.step_execution_id),
+            item.phase,
+            str(item.position) if item.position is not None else "-",
+            _first_line(item.error_text),
+            Text(text),
         )
     stdout.print()
     stdout.print(table)
@@ -296,15 +351,17 @@ def setup_logging(*, rich_output: bool, level: int = logging.INFO) -> None:
 
 
 class LiveDisplay:
-    """An engine observer that shows each step's status on a terminal while the job runs."""
+    """An engine observer that shows each step's status on a terminal while the job runs; a
+    chunk step gets a progress bar: items, rate, elapsed, and the total when the reader knows."""
 
     def __init__(self, job: Job) -> None:
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
             SpinnerColumn(finished_text=" "),
             TextColumn("{task.description}"),
             TextColumn("{task.fields[status]}"),
+            BarColumn(bar_width=24),
             TextColumn("{task.fields[detail]}", style="dim"),
             TimeElapsedColumn(),
             console=stderr,
@@ -314,6 +371,7 @@ class LiveDisplay:
             step.name: self.progress.add_task(step.name, start=False, total=1, status="pending", detail="")
             for step in job.steps
         }
+        self._chunk_started: dict[str, tuple[float, int]] = {}  # when, and from which item
 
     def __enter__(self) -> LiveDisplay:
         self.progress.start()
@@ -333,6 +391,21 @@ class LiveDisplay:
         if task is not None:
             self.progress.update(task, detail=f"{step.commit_count} checkpoints")
 
+    def step_progress(self, step: StepExecution, done: int, total: int | None) -> None:
+        """A chunk step committed a chunk: `done` items of `total` (None: unknown)."""
+        import time
+
+        task = self.tasks.get(step.name)
+        if task is None:
+            return
+        now = time.monotonic()
+        since, first = self._chunk_started.setdefault(step.name, (now, done))
+        rate = (done - first) / (now - since) if now > since else 0.0
+        detail = f"{done:,}" + (f" / {total:,}" if total is not None else "") + " items"
+        if done > first:
+            detail += f"  {rate:,.0f}/s"
+        self.progress.update(task, completed=done, total=total, detail=detail)
+
     def step_skipped(self, name: str, earlier: StepExecution) -> None:
         task = self.tasks.get(name)
         if task is not None:
@@ -344,7 +417,13 @@ class LiveDisplay:
     def step_ended(self, step: StepExecution) -> None:
         task = self.tasks.get(step.name)
         if task is not None:
-            self.progress.update(task, completed=1, status=status_text(step.status).markup)
+            if step.name in self._chunk_started:  # a chunk step: its bar counts items
+                done = next(t.completed for t in self.progress.tasks if t.id == task)
+                if step.status == Status.COMPLETED:
+                    self.progress.update(task, total=max(done, 1), completed=max(done, 1))
+                self.progress.update(task, status=status_text(step.status).markup)
+            else:
+                self.progress.update(task, completed=1, status=status_text(step.status).markup)
             self.progress.stop_task(task)
 
 

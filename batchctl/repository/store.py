@@ -8,18 +8,22 @@ restart are the operator's; they arrive here as a `decide` function run inside t
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import date, datetime
 from typing import Any, Callable, Iterator, Sequence
 
-from sqlalchemy import Connection, Engine, Row, and_, func, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from batchctl.errors import AlreadyRunning, StaleExecution, UnknownExecution
+from batchctl.errors import AlreadyRunning, CommitUnknown, StaleExecution, UnknownExecution
 from batchctl.model import (
     LIVE_STATUSES,
     STEP_COUNTERS,
     JobExecution,
+    SkippedItem,
     Status,
     StepExecution,
     utcnow,
@@ -32,13 +36,32 @@ from batchctl.repository.connect import (
     with_retries,
 )
 from batchctl.repository.migrate import ensure_schema
-from batchctl.repository.tables import job_execution, job_instance, step_execution
+from batchctl.repository.tables import job_execution, job_instance, skipped_item, step_execution
 
 Decide = Callable[[JobExecution | None], JobExecution | None]
 """Given the instance's last execution, return the execution to resume from (None: afresh),
 or raise a Refused error."""
 
 _EXECUTION_COLUMNS = (*job_execution.c, job_instance.c.params)
+ITEM_TEXT_LIMIT = 4_000  # characters of a skipped item's JSON (or repr) kept in the repository
+ERROR_TEXT_LIMIT = 4_000  # characters of a skipped item's error kept
+
+# A chunk's checkpoint: every counter and the context, conditional on the version. Built once,
+# so that the chunk loop pays no statement construction.
+_CHECKPOINT_FIELDS = (*STEP_COUNTERS, "context")
+_CHECKPOINT = (
+    update(step_execution)
+    .where(
+        step_execution.c.id == bindparam("step_id"),
+        step_execution.c.version == bindparam("old_version"),
+    )
+    .values(
+        {
+            **{name: bindparam(f"new_{name}") for name in _CHECKPOINT_FIELDS},
+            "version": bindparam("new_version"),
+        }
+    )
+)
 _LIVE = [status.value for status in LIVE_STATUSES]
 
 
@@ -293,7 +316,94 @@ class Repository:
         self._write(change)
         return replace(step, **changes, version=step.version + 1)
 
+    def commit_chunk(
+        self,
+        step: StepExecution,
+        changes: dict[str, Any],
+        work: Callable[[Connection], Any] | None = None,
+        skipped: list[SkippedItem] | None = None,
+    ) -> StepExecution:
+        """Write: one chunk's checkpoint, in one transaction: first `work(connection)` (a writer
+        writing through the repository's own database), then the chunk's `skipped` items, then
+        the step's `changes` (counters, context), conditional on the step's version.
+
+        `work` runs first and may still add to `changes` and `skipped` (the item-by-item replay
+        of a failed chunk does): they are read after it returns. Without `work` the transaction
+        is retried where the database asks; with it never (the work may not be repeatable): the
+        error reaches the caller with everything rolled back. When the COMMIT itself fails the
+        outcome is unknown: CommitUnknown.
+        """
+
+        def run() -> None:
+            with self.engine.connect() as connection:
+                transaction = connection.begin()
+                try:
+                    if work is not None:
+                        work(connection)
+                    if skipped:
+                        connection.execute(skipped_item.insert(), [_skip_row(s) for s in skipped])
+                    self._checkpoint(connection, step, changes)
+                except BaseException:
+                    transaction.rollback()
+                    raise
+                try:
+                    transaction.commit()
+                except DBAPIError as exc:
+                    raise CommitUnknown(
+                        f"the commit of a chunk of step execution {step.id} failed; it may or "
+                        f"may not have been committed: {exc.orig}"
+                    ) from exc
+
+        if work is None:
+            self._guard(run)
+        else:
+            try:
+                run()
+            except DBAPIError as exc:
+                if is_unreachable(exc):
+                    raise unavailable(self.url, exc) from exc
+                raise
+        return replace(step, **changes, version=step.version + 1)
+
+    @staticmethod
+    def _checkpoint(connection: Connection, step: StepExecution, changes: dict[str, Any]) -> None:
+        if changes.keys() == set(_CHECKPOINT_FIELDS):
+            params = {f"new_{name}": value for name, value in changes.items()}
+            params.update(step_id=step.id, old_version=step.version, new_version=step.version + 1)
+            result = connection.execute(_CHECKPOINT, params)
+        else:
+            result = connection.execute(
+                update(step_execution)
+                .where(step_execution.c.id == step.id, step_execution.c.version == step.version)
+                .values(**changes, version=step.version + 1)
+            )
+        if result.rowcount != 1:
+            raise StaleExecution(f"step execution {step.id} was changed by another process")
+
     # -- reads ----------------------------------------------------------------------------------
+
+    def skipped_items(self, execution_id: int) -> list[SkippedItem]:
+        """Read: the items skipped by the steps of one job execution, in the order skipped."""
+        query = (
+            select(skipped_item, step_execution.c.name.label("step_name"))
+            .join(step_execution, step_execution.c.id == skipped_item.c.step_execution_id)
+            .where(step_execution.c.job_execution_id == execution_id)
+            .order_by(skipped_item.c.id)
+        )
+        rows = self._read(lambda connection: connection.execute(query).all())
+        return [
+            SkippedItem(
+                id=row.id,
+                step_execution_id=row.step_execution_id,
+                step_name=row.step_name,
+                phase=row.phase,
+                position=row.position,
+                item=row.item,
+                error=row.error,
+                created_at=row.created_at,
+            )
+            for row in rows
+        ]
 
     def execution(self, execution_id: int) -> JobExecution:
         """Read: one execution; UnknownExecution if there is none."""
@@ -347,6 +457,14 @@ class Repository:
         )
         rows = self._read(lambda connection: connection.execute(query).all())
         return [_step_execution(row) for row in rows]
+
+    def step_execution(self, step_execution_id: int) -> StepExecution:
+        """Read: one step execution; UnknownExecution if there is none."""
+        query = select(step_execution).where(step_execution.c.id == step_execution_id)
+        row = self._read(lambda connection: connection.execute(query).first())
+        if row is None:
+            raise UnknownExecution(f"no step execution with id {step_execution_id}")
+        return _step_execution(row)
 
     def resumable_steps(self, execution: JobExecution) -> dict[str, StepExecution]:
         """Read: for a restart, the latest step execution of each step along the chain of
@@ -454,6 +572,38 @@ def _step_execution(row: Row[Any]) -> StepExecution:
         context=row.context,
         **{name: getattr(row, name) for name in STEP_COUNTERS},
     )
+
+
+def _skip_row(skipped: SkippedItem) -> dict[str, Any]:
+    return {
+        "step_execution_id": skipped.step_execution_id,
+        "phase": skipped.phase,
+        "position": skipped.position,
+        "item": _item_text(skipped.item),
+        "error": skipped.error_text[:ERROR_TEXT_LIMIT],
+        "created_at": skipped.created_at or utcnow(),
+    }
+
+
+def _item_text(item: Any) -> str | None:
+    """A skipped item as JSON where it can be (dataclasses as objects), else its repr."""
+    if item is None:
+        return None
+    try:
+        text = json.dumps(item, default=_item_json, ensure_ascii=False, sort_keys=False)
+    except (TypeError, ValueError):
+        text = repr(item)
+    return text[:ITEM_TEXT_LIMIT]
+
+
+def _item_json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", "replace")
+    return str(value)
 
 
 __all__ = ["Repository", "Decide"]

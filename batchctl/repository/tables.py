@@ -140,3 +140,17 @@ step_execution = Table(
     Column("write_skip_count", Integer, nullable=False, server_default="0"),
     Index("ix_step_execution_job_execution_id", "job_execution_id"),
 )
+
+# Items a chunk step skipped (read, process or write), recorded in the chunk's own transaction.
+skipped_item = Table(
+    "skipped_item",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("step_execution_id", Id, ForeignKey("step_execution.id"), nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("position", BigInteger),
+    Column("item", Text),
+    Column("error", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_skipped_item_step_execution_id", "step_execution_id"),
+)

@@ -1,0 +1,144 @@
+"""What the file readers and writers share: line-oriented binary reading with byte offsets,
+and writing that records its offset at each commit and truncates back to it on restart."""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from batchctl.errors import BatchctlError
+from batchctl.items.paths import PathTemplate, resolve_path
+
+PART_SUFFIX = ".part"  # an atomic writer's file until its step completes
+CHECKSUM_SUFFIX = ".sha256"  # the checksum file beside a finished file (sha256sum's format)
+HASH_BLOCK = 1 << 20  # bytes read at a time to checksum a finished file
+
+
+class CheckpointMismatch(BatchctlError):
+    """A file does not match its writer's checkpoint: it was changed by someone else."""
+
+
+def open_for_reading(path: Path, encoding: str, state: dict[str, Any]) -> tuple[BinaryIO, int]:
+    """The file opened in binary, past a UTF-8 byte-order mark, and the offset where the data
+    begins; a saved `offset` in `state` is sought later by the caller."""
+    handle = open(path, "rb")  # noqa: SIM115 - closed by the reader's close()
+    start = 0
+    if codecs.lookup(encoding).name in ("utf-8", "utf-8-sig"):
+        if handle.read(3) == codecs.BOM_UTF8:
+            start = 3
+    handle.seek(start)
+    return handle, start
+
+
+def line_decoder(encoding: str) -> Any:
+    """A fast bytes -> str function for one line (ASCII-compatible encodings only)."""
+    name = codecs.lookup(encoding).name
+    if name in ("utf-8", "utf-8-sig"):
+        return bytes.decode
+    return lambda line: line.decode(encoding)
+
+
+class FileWriter:
+    """A file written by chunks: byte offset in the state, truncation on restart, optional
+    atomic finish (write to `<file>.part`, rename when the step completes) and checksum.
+
+    Not transactional: each chunk's bytes are written and flushed before the checkpoint
+    commits; a restart truncates the file back to the committed offset, so the file holds
+    every item exactly once whatever the moment of a crash.
+    """
+
+    transactional = False
+
+    def __init__(self, path: PathTemplate, *, atomic: bool = False, checksum: bool = False) -> None:
+        self.template = path
+        self.atomic = atomic
+        self.checksum = checksum
+        self.path: Path | None = None
+        self._file: BinaryIO | None = None
+        self._offset = 0
+
+    @property
+    def target(self) -> Path:
+        """The file being written: the final path, or its `.part` while atomic."""
+        assert self.path is not None, "the writer is not open"
+        return self.path.with_name(self.path.name + PART_SUFFIX) if self.atomic else self.path
+
+    def open(self, ctx: Any, state: dict[str, Any]) -> None:
+        self.path = resolve_path(self.template, ctx)
+        target = self.target
+        offset = state.get("offset")
+        if offset is None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(target, "wb")  # noqa: SIM115 - closed by close()
+            self._offset = 0
+        else:
+            if self.atomic and not target.exists() and self.path.exists():
+                self.path.replace(target)  # renamed, but the step was not recorded complete
+            try:
+                handle = open(target, "r+b")  # noqa: SIM115 - closed by close()
+            except FileNotFoundError:
+                raise CheckpointMismatch(
+                    f"{target} is gone; its checkpoint says {offset} bytes were written"
+                ) from None
+            size = handle.seek(0, os.SEEK_END)
+            if size < offset:
+                handle.close()
+                raise CheckpointMismatch(
+                    f"{target} has {size} bytes, fewer than the {offset} its checkpoint committed"
+                )
+            handle.truncate(offset)
+            handle.seek(offset)
+            self._file = handle
+            self._offset = int(offset)
+        self.restore(state)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Subclasses take back what they saved in `saved_state`."""
+
+    def saved_state(self) -> dict[str, Any]:
+        return {}
+
+    def emit(self, data: bytes) -> None:
+        assert self._file is not None, "the writer is not open"
+        self._file.write(data)
+        self._file.flush()
+        self._offset += len(data)
+
+    @property
+    def fresh(self) -> bool:
+        return self._offset == 0
+
+    def state(self) -> dict[str, Any]:
+        return {"offset": self._offset, **self.saved_state()}
+
+    def complete(self) -> None:
+        """The step completed: make the file durable, checksum it, give it its final name."""
+        assert self._file is not None and self.path is not None, "the writer is not open"
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        if self.checksum:
+            digest = _sha256(self.target)
+            sums = self.path.with_name(self.path.name + CHECKSUM_SUFFIX)
+            partial = sums.with_name(sums.name + PART_SUFFIX)
+            partial.write_text(f"{digest}  {self.path.name}\n", encoding="utf-8")
+            partial.replace(sums)
+        if self.atomic:
+            self.target.replace(self.path)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
