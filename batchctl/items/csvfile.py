@@ -147,7 +147,14 @@ class CsvReader:
 
     def open(self, ctx: Any, state: dict[str, Any]) -> None:
         path = resolve_path(self.template, ctx)
-        self._file, start = open_for_reading(path, self.encoding, state)
+        self._file, _ = open_for_reading(path, self.encoding, state)
+        try:
+            self._start(path, state)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, path: Any, state: dict[str, Any]) -> None:
         lines = map(line_decoder(self.encoding), self._file)
         self._rows = csv.reader(lines, self.dialect, **self.fmtparams)
         names = next(self._rows, None) if self.header else None

@@ -88,7 +88,8 @@ class SqlReader:
         self._buffer: list[dict[str, Any]] = []
         self._index = 0
         self._exhausted = False
-        self._after: list[Any] | None = None
+        self._after: list[Any] | None = None  # the key of the last item read: the state
+        self._fetched: list[Any] | None = None  # the key of the last row fetched: the next page
 
     def open(self, ctx: Any, state: dict[str, Any]) -> None:
         from sqlalchemy import text
@@ -117,6 +118,7 @@ class SqlReader:
         self._count = text(f"SELECT count(*) FROM {source}")
         saved = state.get("after")
         self._after = list(saved) if saved is not None else None
+        self._fetched = self._after
         self._buffer, self._index, self._exhausted = [], 0, False
 
     def total(self) -> int | None:
@@ -135,11 +137,11 @@ class SqlReader:
     def _fetch(self, size: int) -> None:
         limit = max(self.page_size, size)
         params = dict(self._binds, batchctl_limit=limit)
-        if self._after is None:
+        if self._fetched is None:
             statement = self._first
         else:
             statement = self._next
-            params.update({f"batchctl_k{i}": value for i, value in enumerate(self._after)})
+            params.update({f"batchctl_k{i}": value for i, value in enumerate(self._fetched)})
 
         def work(connection: Any) -> list[dict[str, Any]]:
             result = connection.execute(statement, params)
@@ -149,6 +151,9 @@ class SqlReader:
         self._buffer = self._query(work)
         self._index = 0
         self._exhausted = len(self._buffer) < limit
+        if self._buffer:
+            last = self._buffer[-1]
+            self._fetched = [last[key] for key in self.keys]
 
     def read(self) -> dict[str, Any] | None:
         items = self.read_chunk(1, lambda *_: None)
