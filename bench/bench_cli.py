@@ -19,6 +19,7 @@ from common import (
     clean_env,
     compare_commands,
     holds,
+    import_profile,
     populate,
     stopwatch,
     within,
@@ -28,6 +29,7 @@ HELP_RATIO = 1.15  # batchctl --help within this factor of a bare two-command Ty
 HISTORY_SECONDS = 0.35  # batchctl history on a repository of HISTORY_EXECUTIONS
 HISTORY_EXECUTIONS = 100_000
 FORBIDDEN_AT_HELP = ("sqlalchemy", "alembic", "batchctl_jobs", "psycopg")  # batchctl_jobs: job modules
+IMPORT_GROUP_MIN = 0.005  # seconds: smaller import groups are summed as "everything else"
 HELP_ARGVS = (["--help"], ["start", "--help"], ["history", "--help"], ["db", "--help"])
 
 _IMPORTED = """
@@ -86,11 +88,7 @@ def _help_imports(env: dict[str, str]) -> Row:
     )
 
 
-@bench(
-    "history",
-    help=f"batchctl history on {HISTORY_EXECUTIONS:,} executions vs the same query by hand",
-    databases=True,
-)
+@bench("history", help=f"batchctl history on {HISTORY_EXECUTIONS:,} executions vs the same query by hand")
 def history(ctx: Context) -> Iterator[Row]:
     for database in ctx.databases:
         url = ctx.repository_url(database, "history")
@@ -120,3 +118,28 @@ def history(ctx: Context) -> Iterator[Row]:
 def _note(ctx: Context, timing: Timing, baseline: Timing) -> str:
     return (f"median of {ctx.runs}; best {timing.best:.3f}; "
             f"cpu {timing.cpu:.3f} vs {baseline.cpu:.3f}")
+
+
+@bench("history-imports", help="where batchctl history's start-up goes: import time by package")
+def history_imports(ctx: Context) -> Iterator[Row]:
+    """Import time of `batchctl history` (python -X importtime, median per group), beside the
+    baseline script's. Information for finding what to cut, not a target."""
+    for database in ctx.databases:
+        url = ctx.repository_url(database, "imports")
+        populate(url, 100)
+        env = clean_env()
+        mine = import_profile(["-m", "batchctl", "--db", url, "history"], ctx.runs, env=env,
+                              cwd=ctx.workdir)
+        bare = import_profile([str(BENCH_DIR / "baseline_history.py"), url], ctx.runs, env=env,
+                              cwd=ctx.workdir)
+        shown = sorted((g for g in mine if mine[g] >= IMPORT_GROUP_MIN), key=lambda g: -mine[g])
+        for group in shown:
+            yield Row(f"history imports: {group}", database, mine[group] * 1000,
+                      bare.get(group, 0.0) * 1000, unit="ms", compare=False)
+        rest = sum(v for g, v in mine.items() if g not in shown)
+        yield Row("history imports: everything else", database, rest * 1000,
+                  sum(v for g, v in bare.items() if g not in shown) * 1000, unit="ms",
+                  compare=False)
+        yield Row("history imports: total", database, sum(mine.values()) * 1000,
+                  sum(bare.values()) * 1000, unit="ms", compare=False,
+                  note="-X importtime inflates times; compare groups with each other")

@@ -16,6 +16,7 @@ def stop_latency(ctx: Context) -> Iterator[Row]:
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -94,9 +95,12 @@ class Row:
     unit: str = "s"
     note: str = ""
     passed: bool | None = None  # for `holds` targets
+    compare: bool = True  # False: the baseline is context, a ratio would mean nothing
 
     @property
     def ratio(self) -> float | None:
+        if not self.compare:
+            return None
         if isinstance(self.batchctl, (int, float)) and isinstance(self.baseline, (int, float)):
             return self.batchctl / self.baseline if self.baseline else None
         return None
@@ -115,19 +119,18 @@ class Bench:
     name: str
     function: Callable[[Context], Iterable[Row]]
     help: str
-    databases: bool  # whether it measures per database (honours --database)
 
 
 BENCHES: dict[str, Bench] = {}
 
 
-def bench(name: str, *, help: str = "", databases: bool = False) -> Callable[..., Any]:
+def bench(name: str, *, help: str = "") -> Callable[..., Any]:
     """Register a benchmark function: `fn(ctx) -> Iterable[Row]`."""
 
     def register(function: Callable[[Context], Iterable[Row]]) -> Callable[[Context], Iterable[Row]]:
         if name in BENCHES:
             raise ValueError(f"benchmark {name!r} is registered twice")
-        BENCHES[name] = Bench(name, function, help or (function.__doc__ or "").strip(), databases)
+        BENCHES[name] = Bench(name, function, help or (function.__doc__ or "").strip())
         return function
 
     return register
@@ -228,11 +231,15 @@ class Timing:
         return statistics.median(self.cpu_times) if self.cpu_times else float("nan")
 
 
-def run_once(
+def run_once(argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> float:
+    """Wall seconds of one subprocess run; raises if it fails (a failing command is no figure)."""
+    return run_measured(argv, env=env, cwd=cwd)[0]
+
+
+def run_measured(
     argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> tuple[float, float]:
-    """Wall and CPU seconds of one subprocess run; raises if it fails (a failing command gives
-    no figure)."""
+    """Wall and CPU (user + system) seconds of one subprocess run; raises if it fails."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
@@ -263,7 +270,7 @@ def compare_commands(
     cpus: list[list[float]] = [[] for _ in commands]
     for _ in range(runs):
         for index, argv in enumerate(commands):
-            wall, cpu = run_once(argv, env=env, cwd=cwd)
+            wall, cpu = run_measured(argv, env=env, cwd=cwd)
             walls[index].append(wall)
             cpus[index].append(cpu)
     return [Timing(tuple(w), tuple(c)) for w, c in zip(walls, cpus)]
@@ -284,6 +291,78 @@ def batchctl_command() -> list[str]:
     if script.is_file():
         return [str(script)]
     return [PYTHON, "-m", "batchctl"]
+
+
+# -- where start-up time goes ----------------------------------------------------------------------
+
+_IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
+
+
+def import_group(name: str) -> str:
+    """The group an imported module's time is charged to (see `import_profile`)."""
+    root = name.split(".")[0]
+    if name.startswith("sqlalchemy.dialects."):
+        return "sqlalchemy " + name.split(".")[2] + " dialect"
+    if name.startswith("typer._adapters"):
+        return "pydantic"
+    if root in ("pydantic_core", "annotated_types", "typing_inspection"):
+        return "pydantic"
+    if root.startswith("__editable__"):
+        return "editable-install hook (pip install -e)"
+    if root.startswith("psycopg"):
+        return "psycopg"
+    return root
+
+
+def import_profile(argv: Sequence[str], runs: int, **kwargs: Any) -> dict[str, float]:
+    """Median seconds of import time per group, from `python -X importtime` runs of `argv`
+    (a Python command line without the interpreter).
+
+    Each module's own time is charged to its nearest importer that is not in the standard
+    library (`asyncio` imported by SQLAlchemy counts as SQLAlchemy's); standard-library modules
+    imported at the top level count as "python start-up".
+    """
+    samples: list[dict[str, float]] = []
+    for _ in range(runs):
+        done = subprocess.run([PYTHON, "-X", "importtime", *argv], capture_output=True, text=True,
+                              **kwargs)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}")
+        samples.append(_charge(done.stderr))
+    groups = sorted({group for sample in samples for group in sample})
+    return {group: statistics.median(s.get(group, 0.0) for s in samples) for group in groups}
+
+
+def _charge(report: str) -> dict[str, float]:
+    rows = []
+    for line in report.splitlines():
+        match = _IMPORT_LINE.match(line)
+        if match:
+            rows.append((int(match[1]) / 1e6, (len(match[3]) - 1) // 2, match[4]))
+    # importtime lists a module after the modules it imported, one level deeper: a module's
+    # importer is the next line at a smaller depth.
+    importer: dict[int, str] = {}
+    for index in range(len(rows) - 1, -1, -1):
+        _, depth, _ = rows[index]
+        for later in range(index + 1, len(rows)):
+            if rows[later][1] < depth:
+                importer[index] = rows[later][2]
+                break
+    by_name = {name: index for index, (_, _, name) in enumerate(rows)}
+    charged: dict[str, float] = {}
+    for index, (seconds, _, name) in enumerate(rows):
+        owner, at = name, index
+        while _is_stdlib(owner) and at in importer:
+            owner = importer[at]
+            at = by_name.get(owner, -1)
+        group = "python start-up" if _is_stdlib(owner) else import_group(owner)
+        charged[group] = charged.get(group, 0.0) + seconds
+    return charged
+
+
+def _is_stdlib(name: str) -> bool:
+    root = name.split(".")[0]
+    return root in sys.stdlib_module_names or (root.startswith("_") and not root.startswith("__editable__"))
 
 
 # -- a repository holding many executions --------------------------------------------------------
