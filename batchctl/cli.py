@@ -318,12 +318,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _unexpected(exc: Exception) -> int:
-    import click
+    try:  # typer >= 0.2x vendors click as typer._click; older typer depends on click itself
+        from typer._click import exceptions as click_exceptions
+    except ImportError:  # pragma: no cover - depends on the installed typer
+        from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
-    if isinstance(exc, click.exceptions.ClickException):
+    if isinstance(exc, click_exceptions.ClickException):
         exc.show()
-        return EXIT_USAGE if isinstance(exc, click.exceptions.UsageError) else exc.exit_code
-    if isinstance(exc, click.exceptions.Abort):
+        return EXIT_USAGE if isinstance(exc, click_exceptions.UsageError) else exc.exit_code
+    if isinstance(exc, typer.Abort):
         _report("aborted", None)
         return 130
     _report(f"unexpected {type(exc).__name__}: {exc}", exc)

@@ -235,7 +235,8 @@ class _JobRun:
             exit_code=status.value,
             exit_message=message or None,
             ended_at=utcnow(),
-            context=dict(ctx.state),
+            # A step that did not complete keeps its last checkpoint: a restart resumes there.
+            context=dict(ctx.state) if status == Status.COMPLETED else runner.step_execution.context,
         )
         self.observers.step_ended(ended)
         log.info("step %s %s", step.name, status.value)
