@@ -41,6 +41,12 @@ class _Options:
     debug: bool = False
     batch: Batch | None = None
 
+    def close(self) -> None:
+        """Forget what an earlier run in this process chose (tests run the CLI many times)."""
+        if self.batch is not None:
+            self.batch.close()
+        self.__init__()  # type: ignore[misc]
+
     def open(self) -> Batch:
         if self.batch is None:
             from batchctl.operator import Batch
@@ -201,6 +207,37 @@ def logs(
         sys.stdout.flush()
 
 
+@app.command()
+def worker(
+    poll: Annotated[
+        float,
+        typer.Option("--poll", min=0.05, help="Seconds between looks for work when idle."),
+    ] = 2.0,
+    execution: Annotated[Optional[int], typer.Option("--execution", hidden=True)] = None,
+    step: Annotated[Optional[str], typer.Option("--step", hidden=True)] = None,
+    exit_when_idle: Annotated[bool, typer.Option("--exit-when-idle", hidden=True)] = False,
+) -> None:
+    """Run partitions of remote partitioned steps (Postgres) until SIGTERM or Ctrl-C."""
+    from batchctl import render
+
+    render.setup_logging(rich_output=False)
+    _options.open().run_worker(
+        poll_interval=poll, execution_id=execution, step_name=step, exit_when_idle=exit_when_idle
+    )
+
+
+@app.command()
+def workers(as_json: JsonOption = False) -> None:
+    """Live workers and the partition each is running."""
+    from batchctl import render
+
+    found = _options.open().workers()
+    if as_json:
+        render.print_json([render.worker_dict(info) for info in found])
+    else:
+        render.print_workers(found)
+
+
 @app.command(HIDDEN_COMMAND, hidden=True)
 def run_execution(
     execution_id: Annotated[int, typer.Argument(metavar="ID")],
@@ -303,6 +340,7 @@ def _guarded(url: str, work: Any) -> Any:
 def main(argv: list[str] | None = None) -> None:
     """The console script: run the app, map every error to one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
+    _options.close()
     _options.debug = os.environ.get("BATCHCTL_DEBUG", "") not in ("", "0") or "--debug" in args
     try:
         code = app(args=args, prog_name="batchctl", standalone_mode=False)
@@ -323,9 +361,13 @@ def _unexpected(exc: Exception) -> int:
     except ImportError:  # pragma: no cover - depends on the installed typer
         from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
+    if isinstance(exc, click_exceptions.UsageError):
+        command = exc.ctx.command_path if exc.ctx is not None else "batchctl"
+        _report(f"{exc.format_message()} (see '{command} --help')", None)
+        return EXIT_USAGE
     if isinstance(exc, click_exceptions.ClickException):
-        exc.show()
-        return EXIT_USAGE if isinstance(exc, click_exceptions.UsageError) else exc.exit_code
+        _report(exc.format_message(), None)
+        return exc.exit_code
     if isinstance(exc, typer.Abort):
         _report("aborted", None)
         return 130

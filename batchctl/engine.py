@@ -134,29 +134,33 @@ def run_execution(
     heartbeat: HeartbeatSettings | None = None,
     observers: Iterable[Any] = (),
     on_tracker: Callable[[ExecutionTracker], None] | None = None,
+    config: Any = None,
 ) -> JobExecution:
     """Run `execution` of `job` to its end and return it as recorded.
 
     A failure inside the job is a recorded status (FAILED), not an exception for the caller.
     `on_tracker` receives the tracker once it runs, so that the caller can route a Ctrl-C or a
-    SIGTERM to `request_stop`.
+    SIGTERM to `request_stop`. `config` is what partitioned steps hand to their workers.
     """
     tracker = ExecutionTracker(repository, execution, heartbeat or HeartbeatSettings())
     tracker.start()
     if on_tracker is not None:
         on_tracker(tracker)
     try:
-        return _JobRun(job, tracker, Observers(observers)).run()
+        return _JobRun(job, tracker, Observers(observers), config).run()
     finally:
         tracker.close()
 
 
 class _JobRun:
-    def __init__(self, job: Job, tracker: ExecutionTracker, observers: Observers) -> None:
+    def __init__(
+        self, job: Job, tracker: ExecutionTracker, observers: Observers, config: Any
+    ) -> None:
         self.job = job
         self.tracker = tracker
         self.repository = tracker.repository
         self.observers = observers
+        self.config = config
 
     @property
     def execution(self) -> JobExecution:
@@ -179,12 +183,12 @@ class _JobRun:
         except Exception as exc:
             return self._finish(Status.FAILED, _describe(exc))
         job_context = dict(started.context)
-        failure = _call_listeners(self.job.listeners, "before_job", started)
+        failure = call_listeners(self.job.listeners, "before_job", started)
         if failure is not None:
             return self._finish(Status.FAILED, f"before_job failed: {failure}")
         status, message = self._run_steps(params, job_context)
         outcome = self._finish(status, message)
-        failure = _call_listeners(self.job.listeners, "after_job", outcome)
+        failure = call_listeners(self.job.listeners, "after_job", outcome)
         if failure is not None:
             log.error("after_job of execution %s failed: %s", outcome.id, failure)
         return outcome
@@ -227,17 +231,17 @@ class _JobRun:
         )
         self.observers.step_started(step_execution)
         log.info("step %s started", step.name)
-        runner = _runner_for(step)(step, ctx, step_execution, self.repository, self.observers)
+        if step.partitions is not None:
+            from batchctl.partition import PartitionedRun
+
+            runner: Any = PartitionedRun(
+                step, ctx, step_execution, self.repository, self.observers,
+                job=self.job, config=self.config,
+            )
+        else:
+            runner = runner_for(step)(step, ctx, step_execution, self.repository, self.observers)
         status, message = runner.run(self.job.listeners)
-        ended = self.repository.update_step_execution(
-            runner.step_execution,
-            status=status,
-            exit_code=status.value,
-            exit_message=message or None,
-            ended_at=utcnow(),
-            # A step that did not complete keeps its last checkpoint: a restart resumes there.
-            context=dict(ctx.state) if status == Status.COMPLETED else runner.step_execution.context,
-        )
+        ended = finish_step(self.repository, runner, status, message, ctx)
         self.observers.step_ended(ended)
         log.info("step %s %s", step.name, status.value)
         return ended
@@ -276,7 +280,7 @@ class _TaskletRun:
         self.observers = observers
 
     def run(self, listeners: list[Any]) -> tuple[Status, str]:
-        failure = _call_listeners(listeners, "before_step", self.ctx)
+        failure = call_listeners(listeners, "before_step", self.ctx)
         if failure is not None:
             return Status.FAILED, f"before_step failed: {failure}"
         try:
@@ -287,7 +291,7 @@ class _TaskletRun:
         except Exception as exc:
             status, message = Status.FAILED, _describe(exc)
         snapshot = _replace_status(self.step_execution, status, message)
-        failure = _call_listeners(listeners, "after_step", self.ctx, snapshot)
+        failure = call_listeners(listeners, "after_step", self.ctx, snapshot)
         if failure is not None and status == Status.COMPLETED:
             return Status.FAILED, f"after_step failed: {failure}"
         return status, message
@@ -315,13 +319,32 @@ class _TaskletRun:
         self.observers.step_checkpoint(self.step_execution)
 
 
-def _runner_for(step: Step) -> Callable[..., Any]:
-    """The runner of a step's kind: the tasklet runner here, the chunk loop in batchctl.chunk."""
+def runner_for(step: Step) -> Callable[..., Any]:
+    """The runner of a step's kind: the tasklet runner here, the chunk loop in batchctl.chunk.
+
+    A runner is built from (step, ctx, step_execution, repository, observers); its
+    `run(listeners)` returns the step's (status, message) and keeps `step_execution` current.
+    """
     if step.kind == "chunk":
         from batchctl.chunk import ChunkRun
 
         return ChunkRun
     return _TaskletRun
+
+
+def finish_step(
+    repository: Repository, runner: Any, status: Status, message: str, ctx: StepContext
+) -> StepExecution:
+    """Record a step's (or partition's) end. One that did not complete keeps its last
+    checkpoint, so that a restart resumes there."""
+    return repository.update_step_execution(
+        runner.step_execution,
+        status=status,
+        exit_code=status.value,
+        exit_message=message or None,
+        ended_at=utcnow(),
+        context=dict(ctx.state) if status == Status.COMPLETED else runner.step_execution.context,
+    )
 
 
 def _to_stopping(current: JobExecution) -> dict[str, Any] | None:
@@ -351,7 +374,7 @@ def _replace_status(step: StepExecution, status: Status, message: str) -> StepEx
     return replace(step, status=status, exit_code=status.value, exit_message=message or None)
 
 
-def _call_listeners(listeners: list[Any], method: str, *args: Any) -> str | None:
+def call_listeners(listeners: list[Any], method: str, *args: Any) -> str | None:
     """Call every listener's `method`; return the first failure described, or None."""
     for call in listener_calls(listeners, method):
         try:

@@ -21,7 +21,12 @@ from batchctl.model import Param, convert_params
 JOB_LISTENER_METHODS = ("before_job", "after_job")
 STEP_LISTENER_METHODS = ("before_step", "after_step")
 CHUNK_LISTENER_METHODS = ("before_chunk", "after_chunk", "on_chunk_error", "on_skip")
-LISTENER_METHODS = JOB_LISTENER_METHODS + STEP_LISTENER_METHODS + CHUNK_LISTENER_METHODS
+PARTITION_LISTENER_METHODS = ("before_partition", "after_partition")
+LISTENER_METHODS = (
+    JOB_LISTENER_METHODS + STEP_LISTENER_METHODS + CHUNK_LISTENER_METHODS
+    + PARTITION_LISTENER_METHODS
+)
+PARTITION_MODES = ("process", "thread", "remote")
 
 DEFAULT_SKIP_LIMIT = 10  # skips a chunk step tolerates when `skip` is given (Spring Batch's default)
 DEFAULT_RETRY_LIMIT = 3  # retries of a failing item or chunk write when `retry` is given
@@ -58,6 +63,24 @@ class ChunkSettings:
 
 
 @dataclass(frozen=True)
+class PartitionSettings:
+    """How a partitioned step splits and where its partitions run.
+
+    `partitioner(ctx)` returns one JSON-able dict per partition (a key range, a file name...),
+    which the partition's reader and writer see as `ctx.partition`. `mode` "process" runs them
+    in `workers` local processes (CPU-bound work uses every core), "thread" in `workers` threads
+    of the job's process (I/O-bound work), "remote" in `batchctl worker` processes on any
+    machine sharing the Postgres repository. `after_partitions(ctx, partitions)` combines the
+    results once all completed, given every partition's step execution in partition order.
+    """
+
+    partitioner: Callable[[Any], Iterable[dict[str, Any]]]
+    workers: int = 2
+    mode: str = "process"
+    after_partitions: Callable[[Any, list[Any]], None] | None = None
+
+
+@dataclass(frozen=True)
 class Step:
     """One declared step. A tasklet that is a generator checkpoints at every `yield`; a chunk
     step (`kind="chunk"`) reads, processes and writes by `chunk`, its processor as `function`
@@ -67,6 +90,7 @@ class Step:
     function: StepFunction | Processor | None
     kind: str = "tasklet"
     chunk: ChunkSettings | None = None
+    partitions: PartitionSettings | None = None
 
     @property
     def is_generator(self) -> bool:
@@ -114,6 +138,7 @@ class StepContext:
         self._stop_event = stop_event
         self.engine = engine
         self.connection: Any = None
+        self.partition: dict[str, Any] | None = None  # a partition's context, from the partitioner
 
     @property
     def stop_requested(self) -> bool:
@@ -174,15 +199,30 @@ class Job:
     # -- steps ----------------------------------------------------------------------------------
 
     def tasklet(
-        self, function: StepFunction | None = None, *, name: str | None = None
+        self,
+        function: StepFunction | None = None,
+        *,
+        name: str | None = None,
+        partitioner: Callable[[Any], Iterable[dict[str, Any]]] | None = None,
+        workers: int = 2,
+        mode: str = "process",
+        after_partitions: Callable[[Any, list[Any]], None] | None = None,
     ) -> Any:
         """Declare a tasklet step: `fn(ctx)`, or a generator whose every `yield` is a checkpoint.
 
-        Usable bare (`@job.tasklet`) or with a name (`@job.tasklet(name="load")`).
+        Usable bare (`@job.tasklet`) or with options (`@job.tasklet(name="load")`). With a
+        `partitioner` the step runs once per partition (see `PartitionSettings`).
         """
 
         def declare(fn: StepFunction) -> StepFunction:
-            self._add_step(Step(name=name or fn.__name__, function=fn, kind="tasklet"))
+            step_name = name or fn.__name__
+            partitions = _partition_settings(
+                f"job {self.name!r}, step {step_name!r}", partitioner, workers, mode,
+                after_partitions,
+            )
+            self._add_step(
+                Step(name=step_name, function=fn, kind="tasklet", partitions=partitions)
+            )
             return fn
 
         return declare(function) if function is not None else declare
@@ -199,6 +239,10 @@ class Job:
         backoff: float | Callable[[int], float] = 0.0,
         skip: type[BaseException] | Iterable[type[BaseException]] = (),
         skip_limit: int | None = DEFAULT_SKIP_LIMIT,
+        partitioner: Callable[[Any], Iterable[dict[str, Any]]] | None = None,
+        workers: int = 2,
+        mode: str = "process",
+        after_partitions: Callable[[Any, list[Any]], None] | None = None,
     ) -> Callable[[Processor], Processor]:
         """Declare a chunk step whose processor is the decorated `fn(item, ctx)`.
 
@@ -217,7 +261,8 @@ class Job:
             self.chunk_step(
                 name or fn.__name__, reader=reader, writer=writer, size=size, processor=fn,
                 retry=retry, retry_limit=retry_limit, backoff=backoff, skip=skip,
-                skip_limit=skip_limit,
+                skip_limit=skip_limit, partitioner=partitioner, workers=workers, mode=mode,
+                after_partitions=after_partitions,
             )
             return fn
 
@@ -236,6 +281,10 @@ class Job:
         backoff: float | Callable[[int], float] = 0.0,
         skip: type[BaseException] | Iterable[type[BaseException]] = (),
         skip_limit: int | None = DEFAULT_SKIP_LIMIT,
+        partitioner: Callable[[Any], Iterable[dict[str, Any]]] | None = None,
+        workers: int = 2,
+        mode: str = "process",
+        after_partitions: Callable[[Any, list[Any]], None] | None = None,
     ) -> Step:
         """Declare a chunk step by name, with or without a processor (items pass as read):
 
@@ -279,7 +328,10 @@ class Job:
             skip=skip_types,
             skip_limit=skip_limit if skip_types else 0,
         )
-        step = Step(name=name, function=processor, kind="chunk", chunk=settings)
+        partitions = _partition_settings(where, partitioner, workers, mode, after_partitions)
+        step = Step(
+            name=name, function=processor, kind="chunk", chunk=settings, partitions=partitions
+        )
         self._add_step(step)
         return step
 
@@ -324,6 +376,14 @@ class Job:
         """`fn(ctx, step_execution)` after each step; raising fails the step."""
         return self._listen("after_step", function)
 
+    def before_partition(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn(ctx)` in the worker before each partition (`ctx.partition`); raising fails it."""
+        return self._listen("before_partition", function)
+
+    def after_partition(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn(ctx, step_execution)` in the worker after each partition."""
+        return self._listen("after_partition", function)
+
     def before_chunk(self, function: Callable[..., Any]) -> Callable[..., Any]:
         """`fn(ctx)` before each chunk of a chunk step; raising fails the step."""
         return self._listen("before_chunk", function)
@@ -361,6 +421,28 @@ def _exception_types(
         if not (isinstance(kind, type) and issubclass(kind, BaseException)):
             raise JobDefinitionError(f"{where}: {option} must name exception types, not {kind!r}")
     return types
+
+
+def _partition_settings(
+    where: str,
+    partitioner: Callable[[Any], Iterable[dict[str, Any]]] | None,
+    workers: int,
+    mode: str,
+    after_partitions: Callable[[Any, list[Any]], None] | None,
+) -> PartitionSettings | None:
+    if partitioner is None:
+        if after_partitions is not None:
+            raise JobDefinitionError(f"{where}: after_partitions needs a partitioner")
+        return None
+    if not callable(partitioner):
+        raise JobDefinitionError(f"{where}: partitioner must be a function partitioner(ctx)")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise JobDefinitionError(f"{where}: workers must be a positive integer, not {workers!r}")
+    if mode not in PARTITION_MODES:
+        raise JobDefinitionError(f"{where}: mode must be one of {', '.join(PARTITION_MODES)}")
+    if after_partitions is not None and not callable(after_partitions):
+        raise JobDefinitionError(f"{where}: after_partitions must be callable")
+    return PartitionSettings(partitioner, workers, mode, after_partitions)
 
 
 def _as_param(name: str, kind: type | Param) -> Param:

@@ -38,15 +38,6 @@ def spawn(config: Config, execution: JobExecution, log_path: Path) -> int:
     command line, where a database password would show in `ps`).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.pop("BATCHCTL_CONFIG", None)
-    env.update(
-        BATCHCTL_DATABASE_URL=config.database_url,
-        BATCHCTL_JOBS_DIR=str(config.jobs_dir),
-        BATCHCTL_LOG_DIR=str(config.log_dir),
-        BATCHCTL_HEARTBEAT_INTERVAL=str(config.heartbeat_interval),
-        BATCHCTL_HEARTBEAT_TIMEOUT=str(config.heartbeat_timeout),
-    )
     command = [sys.executable, "-m", "batchctl", HIDDEN_COMMAND, str(execution.id)]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
@@ -54,7 +45,7 @@ def spawn(config: Config, execution: JobExecution, log_path: Path) -> int:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=child_env(config),
             cwd=Path.cwd(),
             start_new_session=True,
             close_fds=True,
@@ -88,6 +79,21 @@ def read_log(batch: Any, execution_id: int, *, follow: bool = False) -> Iterator
                     yield rest
                 return
             time.sleep(LOG_FOLLOW_POLL)
+
+
+def child_env(config: Config) -> dict[str, str]:
+    """The environment of a batchctl process started on our behalf: this configuration,
+    fully resolved, so that the child needs no config file and no password on its command line."""
+    env = dict(os.environ)
+    env.pop("BATCHCTL_CONFIG", None)
+    env.update(
+        BATCHCTL_DATABASE_URL=config.database_url,
+        BATCHCTL_JOBS_DIR=str(config.jobs_dir),
+        BATCHCTL_LOG_DIR=str(config.log_dir),
+        BATCHCTL_HEARTBEAT_INTERVAL=str(config.heartbeat_interval),
+        BATCHCTL_HEARTBEAT_TIMEOUT=str(config.heartbeat_timeout),
+    )
+    return env
 
 
 def process_alive(pid: int) -> bool:
@@ -139,3 +145,16 @@ def run_foreground(
     """Run an already created execution in this process, stoppable by Ctrl-C and SIGTERM."""
     with stop_on_signals() as hook:
         return batch.run(job, execution, observers=observers, on_tracker=hook.attach)
+
+
+def run_worker(worker: Any) -> int:
+    """Run a worker's claim loop; SIGTERM or Ctrl-C makes it finish its chunk and exit."""
+    previous = {
+        sig: signal.signal(sig, lambda _signum, _frame: worker.request_shutdown())
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        return int(worker.run())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

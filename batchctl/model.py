@@ -141,6 +141,9 @@ STEP_COUNTERS = (
 )
 
 
+PARTITION_FIELDS = ("partition_of", "partition_index", "partition", "mode", "worker_id", "host", "pid")
+
+
 @dataclass
 class StepExecution:
     """One attempt to run one step inside one job execution."""
@@ -163,6 +166,17 @@ class StepExecution:
     read_skip_count: int = 0
     process_skip_count: int = 0
     write_skip_count: int = 0
+    partition_of: str | None = None  # for a partition: the partitioned step's name
+    partition_index: int | None = None
+    partition: dict[str, Any] | None = None  # the partition's context, from the partitioner
+    mode: str | None = None  # how partitions run: "process", "thread" or "remote"
+    worker_id: int | None = None
+    host: str | None = None
+    pid: int | None = None
+
+    @property
+    def is_partition(self) -> bool:
+        return self.partition_of is not None
 
     @property
     def counters(self) -> dict[str, int]:

@@ -240,6 +240,7 @@ class Batch:
         """Record a STARTING execution for `start` without running it."""
         found = job if isinstance(job, Job) else self.job(job)
         converted = found.convert_params(params or {})
+        self._check_partition_modes(found)
         self.recover_lost(found.name)
         execution = self.repository.create_execution(
             found.name,
@@ -269,6 +270,7 @@ class Batch:
         """Record the STARTING execution of a restart without running it."""
         previous = self.resolve(target)
         found = self.job(previous.job_name)
+        self._check_partition_modes(found)
         execution = self.repository.create_execution_of_instance(
             previous.instance_id,
             restart_rule,
@@ -296,6 +298,7 @@ class Batch:
             heartbeat=heartbeat,
             observers=observers,
             on_tracker=on_tracker,
+            config=self.config,
         )
 
     def launch(self, execution: JobExecution) -> JobExecution:
@@ -438,6 +441,60 @@ class Batch:
         if others:
             message += f"; live executions of {execution.job_name}: {', '.join(map(str, others))}"
         return message
+
+    # -- partitions and workers ---------------------------------------------------------------------
+
+    def run_worker(
+        self,
+        *,
+        poll_interval: float = 2.0,
+        execution_id: int | None = None,
+        step_name: str | None = None,
+        exit_when_idle: bool = False,
+    ) -> int:
+        """Claim and run partitions until SIGTERM (or, `exit_when_idle`, until none is left).
+
+        With no `execution_id` this is a remote worker: it claims the remote partitions of the
+        jobs it knows, which needs a Postgres repository. Returns the partitions it ran.
+        """
+        from batchctl.launcher import run_worker
+        from batchctl.worker import ClaimFilter, Worker
+
+        if execution_id is None:
+            self._require_remote_partitions()
+            claims = ClaimFilter(mode="remote", job_names=sorted(self.registry.jobs))
+            kind = "remote"
+        else:
+            claims = ClaimFilter(execution_id=execution_id, step_name=step_name)
+            kind = "process"
+        worker = Worker(
+            self.repository,
+            self.job,
+            kind=kind,
+            claims=claims,
+            heartbeat_interval=self.config.heartbeat_interval,
+            heartbeat_timeout=self.config.heartbeat_timeout,
+            exit_when_idle=exit_when_idle,
+            poll_interval=poll_interval,
+        )
+        return run_worker(worker)
+
+    def workers(self) -> list[Any]:
+        """Workers alive within the heartbeat timeout, with what each is running."""
+        from datetime import timedelta
+
+        return self.repository.live_workers(utcnow() - timedelta(seconds=self.config.heartbeat_timeout))
+
+    def _check_partition_modes(self, job: Job) -> None:
+        if any(s.partitions is not None and s.partitions.mode == "remote" for s in job.steps):
+            self._require_remote_partitions(job)
+
+    def _require_remote_partitions(self, job: Job | None = None) -> None:
+        """Remote workers share partitions through Postgres; SQLite cannot serve other machines."""
+        if self.repository.dialect == "postgresql":
+            return
+        what = f"job {job.name} has remote partitioned steps, which" if job else "remote workers"
+        raise UsageError(f"{what} need a Postgres job repository (this one is {self.repository.dialect})")
 
     # -- reading --------------------------------------------------------------------------------
 

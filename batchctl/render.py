@@ -96,6 +96,19 @@ def step_dict(step: StepExecution) -> dict[str, Any]:
         "duration": step.duration if step.ended_at else None,
         **step.counters,
         "context": step.context,
+        **(
+            {
+                "partition_of": step.partition_of,
+                "partition_index": step.partition_index,
+                "partition": step.partition,
+                "mode": step.mode,
+                "worker_id": step.worker_id,
+                "host": step.host,
+                "pid": step.pid,
+            }
+            if step.is_partition
+            else {}
+        ),
     }
 
 
@@ -189,15 +202,19 @@ def print_execution(
     if not steps:
         return
     table = Table(box=None, pad_edge=False, header_style="bold", title_justify="left")
-    columns = ("id", "step", "status", "started", "duration", "read", "written", "filtered",
-               "skipped", "commits", "rollbacks", "message")
+    partitioned = any(step.is_partition for step in steps)
+    columns = ("id", "step", "status", *(("worker",) if partitioned else ()), "started",
+               "duration", "read", "written", "filtered", "skipped", "commits", "rollbacks",
+               "message")
     for column in columns:
         table.add_column(column)
     for step in steps:
+        worker = (f"{step.host}/{step.pid}" if step.pid else "-",) if partitioned else ()
         table.add_row(
             str(step.id),
             step.name,
             status_text(step.status),
+            *worker,
             _local(step.started_at),
             _duration(step.duration),
             str(step.read_count),
@@ -294,6 +311,41 @@ def print_stop(execution: JobExecution, *, waited: bool) -> None:
     stdout.print(line)
 
 
+def worker_dict(info: Any) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "host": info.host,
+        "pid": info.pid,
+        "kind": info.kind,
+        "started_at": _iso(info.started_at),
+        "heartbeat_at": _iso(info.heartbeat_at),
+        "step_execution_id": info.step_execution_id,
+        "partition": info.partition_name,
+        "execution_id": info.execution_id,
+        "job": info.job_name,
+    }
+
+
+def print_workers(workers: Sequence[Any]) -> None:
+    if not workers:
+        stderr.print("no live workers")
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("id", "host", "pid", "kind", "started", "heartbeat", "running"):
+        table.add_column(column)
+    for info in workers:
+        running = (
+            f"{info.job_name} execution {info.execution_id} partition {info.partition_name}"
+            if info.partition_name
+            else "idle"
+        )
+        table.add_row(
+            str(info.id), info.host, str(info.pid), info.kind, _local(info.started_at),
+            _local(info.heartbeat_at), running,
+        )
+    stdout.print(table)
+
+
 def warn(message: str) -> None:
     stderr.print(Text(message, style="yellow"))
 
@@ -348,6 +400,8 @@ def setup_logging(*, rich_output: bool, level: int = logging.INFO) -> None:
         )
     root.addHandler(handler)
     root.propagate = False
+    # On a terminal the live display already shows what the engine logs about steps.
+    logging.getLogger("batchctl.engine").setLevel(logging.WARNING if rich_output else logging.NOTSET)
 
 
 class LiveDisplay:

@@ -15,12 +15,13 @@ from dataclasses import replace
 from datetime import date, datetime
 from typing import Any, Callable, Iterator, Sequence
 
-from sqlalchemy import Connection, Engine, Row, and_, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, Row, and_, func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from batchctl.errors import AlreadyRunning, CommitUnknown, StaleExecution, UnknownExecution
 from batchctl.model import (
     LIVE_STATUSES,
+    PARTITION_FIELDS,
     STEP_COUNTERS,
     JobExecution,
     SkippedItem,
@@ -36,6 +37,7 @@ from batchctl.repository.connect import (
     with_retries,
 )
 from batchctl.repository.migrate import ensure_schema
+from batchctl.repository.partitions import PartitionQueries
 from batchctl.repository.tables import job_execution, job_instance, skipped_item, step_execution
 
 Decide = Callable[[JobExecution | None], JobExecution | None]
@@ -46,26 +48,33 @@ _EXECUTION_COLUMNS = (*job_execution.c, job_instance.c.params)
 ITEM_TEXT_LIMIT = 4_000  # characters of a skipped item's JSON (or repr) kept in the repository
 ERROR_TEXT_LIMIT = 4_000  # characters of a skipped item's error kept
 
-# A chunk's checkpoint: every counter and the context, conditional on the version. Built once,
-# so that the chunk loop pays no statement construction.
-_CHECKPOINT_FIELDS = (*STEP_COUNTERS, "context")
-_CHECKPOINT = (
-    update(step_execution)
-    .where(
-        step_execution.c.id == bindparam("step_id"),
-        step_execution.c.version == bindparam("old_version"),
-    )
-    .values(
-        {
-            **{name: bindparam(f"new_{name}") for name in _CHECKPOINT_FIELDS},
-            "version": bindparam("new_version"),
-        }
-    )
-)
+# A chunk's checkpoint: every counter and the context, conditional on the version, as the
+# driver's own SQL (see Repository._checkpoint).
+_CHECKPOINT_KEYS = frozenset((*STEP_COUNTERS, "context"))
+_CHECKPOINT_SQL: dict[str, str] = {}
+
+
+def _checkpoint_sql(dialect: Any) -> str:
+    """The checkpoint UPDATE with positional parameters: the counters, the context, the new
+    version, the id, the old version."""
+    found = _CHECKPOINT_SQL.get(dialect.name)
+    if found is None:
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        table = dialect.identifier_preparer.format_table(step_execution)
+        sets = ", ".join(f"{name} = {mark}" for name in (*STEP_COUNTERS, "context", "version"))
+        found = _CHECKPOINT_SQL[dialect.name] = (
+            f"UPDATE {table} SET {sets} WHERE id = {mark} AND version = {mark}"
+        )
+    return found
+
+
+def _json_text(value: Any) -> str:
+    """JSON as JSONText stores it."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 _LIVE = [status.value for status in LIVE_STATUSES]
 
 
-class Repository:
+class Repository(PartitionQueries):
     """Persists instances, executions and step executions; decides nothing."""
 
     def __init__(self, engine: Engine, url: str) -> None:
@@ -322,10 +331,13 @@ class Repository:
         changes: dict[str, Any],
         work: Callable[[Connection], Any] | None = None,
         skipped: list[SkippedItem] | None = None,
+        *,
+        connection: Connection | None = None,
     ) -> StepExecution:
         """Write: one chunk's checkpoint, in one transaction: first `work(connection)` (a writer
         writing through the repository's own database), then the chunk's `skipped` items, then
-        the step's `changes` (counters, context), conditional on the step's version.
+        the step's `changes` (counters, context), conditional on the step's version. On the
+        `connection` of `chunk_connection()` when given, else on one from the pool.
 
         `work` runs first and may still add to `changes` and `skipped` (the item-by-item replay
         of a failed chunk does): they are read after it returns. Without `work` the transaction
@@ -335,24 +347,30 @@ class Repository:
         """
 
         def run() -> None:
-            with self.engine.connect() as connection:
-                transaction = connection.begin()
-                try:
-                    if work is not None:
-                        work(connection)
-                    if skipped:
-                        connection.execute(skipped_item.insert(), [_skip_row(s) for s in skipped])
-                    self._checkpoint(connection, step, changes)
-                except BaseException:
-                    transaction.rollback()
-                    raise
-                try:
-                    transaction.commit()
-                except DBAPIError as exc:
-                    raise CommitUnknown(
-                        f"the commit of a chunk of step execution {step.id} failed; it may or "
-                        f"may not have been committed: {exc.orig}"
-                    ) from exc
+            if connection is not None:
+                commit(connection)
+            else:
+                with self.engine.connect() as pooled:
+                    commit(pooled)
+
+        def commit(connection: Connection) -> None:
+            transaction = connection.begin()
+            try:
+                if work is not None:
+                    work(connection)
+                if skipped:
+                    connection.execute(skipped_item.insert(), [_skip_row(s) for s in skipped])
+                self._checkpoint(connection, step, changes)
+            except BaseException:
+                transaction.rollback()
+                raise
+            try:
+                transaction.commit()
+            except DBAPIError as exc:
+                raise CommitUnknown(
+                    f"the commit of a chunk of step execution {step.id} failed; it may or "
+                    f"may not have been committed: {exc.orig}"
+                ) from exc
 
         if work is None:
             self._guard(run)
@@ -365,19 +383,32 @@ class Repository:
                 raise
         return replace(step, **changes, version=step.version + 1)
 
+    def chunk_connection(self) -> Connection:
+        """A connection for a chunk step to hold while it runs, for `commit_chunk`: no pool
+        checkout per chunk, and on Postgres no pre-ping round trip per chunk. Close it after."""
+        return self.engine.connect()
+
     @staticmethod
     def _checkpoint(connection: Connection, step: StepExecution, changes: dict[str, Any]) -> None:
-        if changes.keys() == set(_CHECKPOINT_FIELDS):
-            params = {f"new_{name}": value for name, value in changes.items()}
-            params.update(step_id=step.id, old_version=step.version, new_version=step.version + 1)
-            result = connection.execute(_CHECKPOINT, params)
+        if changes.keys() == _CHECKPOINT_KEYS:
+            # The chunk loop's statement, straight to the driver: SQLAlchemy's execution costs
+            # more than the UPDATE itself, once per chunk.
+            sql = _checkpoint_sql(connection.dialect)
+            params = [changes[name] for name in STEP_COUNTERS]
+            params += [_json_text(changes["context"]), step.version + 1, step.id, step.version]
+            cursor = connection.connection.driver_connection.cursor()
+            try:
+                cursor.execute(sql, params)
+                updated = cursor.rowcount
+            finally:
+                cursor.close()
         else:
-            result = connection.execute(
+            updated = connection.execute(
                 update(step_execution)
                 .where(step_execution.c.id == step.id, step_execution.c.version == step.version)
                 .values(**changes, version=step.version + 1)
-            )
-        if result.rowcount != 1:
+            ).rowcount
+        if updated != 1:
             raise StaleExecution(f"step execution {step.id} was changed by another process")
 
     # -- reads ----------------------------------------------------------------------------------
@@ -571,6 +602,7 @@ def _step_execution(row: Row[Any]) -> StepExecution:
         ended_at=row.ended_at,
         context=row.context,
         **{name: getattr(row, name) for name in STEP_COUNTERS},
+        **{name: getattr(row, name) for name in PARTITION_FIELDS},
     )
 
 

@@ -138,7 +138,16 @@ step_execution = Table(
     Column("read_skip_count", Integer, nullable=False, server_default="0"),
     Column("process_skip_count", Integer, nullable=False, server_default="0"),
     Column("write_skip_count", Integer, nullable=False, server_default="0"),
+    # A partition of a partitioned step: its step's name, its place, its context, who runs it.
+    Column("partition_of", String(200)),
+    Column("partition_index", Integer),
+    Column("partition", JSONText),
+    Column("mode", String(8)),
+    Column("worker_id", Id),
+    Column("host", String(255)),
+    Column("pid", Integer),
     Index("ix_step_execution_job_execution_id", "job_execution_id"),
+    Index("ix_step_execution_status_partition_of", "status", "partition_of"),
 )
 
 # Items a chunk step skipped (read, process or write), recorded in the chunk's own transaction.
@@ -153,4 +162,19 @@ skipped_item = Table(
     Column("error", Text, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Index("ix_skipped_item_step_execution_id", "step_execution_id"),
+)
+
+# A process (or thread) that claims and runs partitions; alive while its heartbeat is fresh.
+worker = Table(
+    "worker",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+    Column("stopped_at", UTCDateTime),
+    Column("step_execution_id", Id),
+    Index("ix_worker_heartbeat_at", "heartbeat_at"),
 )

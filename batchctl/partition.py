@@ -1,0 +1,285 @@
+"""Partitioned steps, from the job's own process: split, hand out, wait, combine.
+
+The partitioner's contexts become STARTING partition rows in the repository; workers claim and
+run them (local processes, threads of this process, or `batchctl worker` processes on other
+machines); this runner waits until every partition has ended, combines their statuses (the
+most severe wins) and counters, and calls the step's `after_partitions` aggregator.
+
+A restart re-runs only the partitions that did not complete, each from its own checkpoint;
+the partitioner is not called again (its contexts are saved in the step's state).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from batchctl.errors import JobDefinitionError
+from batchctl.job import Step, StepContext
+from batchctl.model import STEP_COUNTERS, Status, StepExecution, utcnow
+
+log = logging.getLogger("batchctl.engine")
+
+PARTITION_POLL_INTERVAL = 0.2  # seconds between two looks at the partitions' statuses
+LOCAL_WORKER_RESPAWNS = 2  # extra local worker processes started, per worker, after crashes
+REMOTE_WAIT_LOG_INTERVAL = 30.0  # seconds between two "waiting for workers" log lines
+
+
+class PartitionedRun:
+    """The runner of a partitioned step (the same interface as the tasklet and chunk runners)."""
+
+    def __init__(
+        self,
+        step: Step,
+        ctx: StepContext,
+        step_execution: StepExecution,
+        repository: Any,
+        observers: Any,
+        *,
+        job: Any,
+        config: Any,
+    ) -> None:
+        assert step.partitions is not None
+        self.step = step
+        self.settings = step.partitions
+        self.ctx = ctx
+        self.step_execution = step_execution
+        self.repository = repository
+        self.observers = observers
+        self.job = job
+        self.config = config
+        self.earlier_completed: list[StepExecution] = []
+
+    def run(self, listeners: list[Any]) -> tuple[Status, str]:
+        from batchctl.engine import call_listeners
+
+        failure = call_listeners(listeners, "before_step", self.ctx)
+        if failure is not None:
+            return Status.FAILED, f"before_step failed: {failure}"
+        try:
+            specs = self._specs()
+        except Exception as exc:
+            return Status.FAILED, f"partitioner failed: {type(exc).__name__}: {exc}"
+        self.repository.create_partitions(
+            self.ctx.execution_id, self.step.name, specs, self.settings.mode
+        )
+        log.info("step %s: %d partition(s) to run (%s)", self.step.name, len(specs), self.settings.mode)
+        with self._local_workers() as supervise:
+            partitions = self._wait(supervise)
+        status, message = self._combine(partitions)
+        if status == Status.COMPLETED and self.settings.after_partitions is not None:
+            every = sorted(
+                [*self.earlier_completed, *partitions], key=lambda p: p.partition_index or 0
+            )
+            try:
+                self.settings.after_partitions(self.ctx, every)
+            except Exception as exc:
+                status, message = Status.FAILED, f"after_partitions failed: {type(exc).__name__}: {exc}"
+        failure = call_listeners(listeners, "after_step", self.ctx, self.step_execution)
+        if failure is not None and status == Status.COMPLETED:
+            return Status.FAILED, f"after_step failed: {failure}"
+        return status, message
+
+    # -- partitions -----------------------------------------------------------------------------
+
+    def _specs(self) -> list[Any]:
+        from batchctl.repository.partitions import PartitionSpec, partition_name
+
+        saved = self.ctx.state.get("partitions")
+        if saved is None:
+            contexts = self._split()
+            self.ctx.state["partitions"] = contexts
+            self.step_execution = self.repository.update_step_execution(
+                self.step_execution, context=dict(self.ctx.state)
+            )
+            return [PartitionSpec(i, context, {}) for i, context in enumerate(contexts)]
+        execution = self.repository.execution(self.ctx.execution_id)
+        earlier = self.repository.resumable_steps(execution)
+        specs = []
+        for index, context in enumerate(saved):
+            previous = earlier.get(partition_name(self.step.name, index))
+            if previous is not None and previous.status == Status.COMPLETED:
+                self.earlier_completed.append(previous)
+                continue
+            state = dict(previous.context) if previous is not None else {}
+            specs.append(PartitionSpec(index, context, state))
+        return specs
+
+    def _split(self) -> list[dict[str, Any]]:
+        contexts = list(self.settings.partitioner(self.ctx))
+        for context in contexts:
+            if not isinstance(context, dict):
+                raise JobDefinitionError(
+                    f"step {self.step.name}: a partitioner returns dicts, not {type(context).__name__}"
+                )
+            json.dumps(context)  # a partition context is saved as JSON: fail here, not later
+        return contexts
+
+    def _wait(self, supervise: Any) -> list[StepExecution]:
+        last_log = time.monotonic()
+        while True:
+            partitions = self.repository.partitions_of(self.ctx.execution_id, self.step.name)
+            if all(not p.status.is_live for p in partitions):
+                return partitions
+            if self.ctx.stop_requested:
+                self.repository.end_unclaimed_partitions(
+                    self.ctx.execution_id, self.step.name, Status.STOPPED, "stopped before it started"
+                )
+            supervise(partitions)
+            self._show_progress(partitions)
+            if self.settings.mode == "remote" and time.monotonic() - last_log > REMOTE_WAIT_LOG_INTERVAL:
+                waiting = sum(p.status == Status.STARTING for p in partitions)
+                log.info("step %s: %d partition(s) waiting for workers", self.step.name, waiting)
+                last_log = time.monotonic()
+            time.sleep(PARTITION_POLL_INTERVAL)
+
+    def _show_progress(self, partitions: list[StepExecution]) -> None:
+        totals = _summed(partitions)
+        if totals != {name: getattr(self.step_execution, name) for name in STEP_COUNTERS}:
+            from dataclasses import replace
+
+            self.step_execution = replace(self.step_execution, **totals)
+            self.observers.step_checkpoint(self.step_execution)
+
+    def _combine(self, partitions: list[StepExecution]) -> tuple[Status, str]:
+        self.step_execution = self.repository.update_step_execution(
+            self.step_execution, **_summed(partitions)
+        )
+        status = max([p.status for p in partitions], default=Status.COMPLETED)
+        if status == Status.COMPLETED:
+            return status, ""
+        worst = next(p for p in partitions if p.status == status)
+        done = sum(p.status == Status.COMPLETED for p in partitions) + len(self.earlier_completed)
+        total = len(partitions) + len(self.earlier_completed)
+        reason = f"{done} of {total} partitions completed; {worst.name} {status.value.lower()}"
+        return status, f"{reason}: {worst.exit_message}" if worst.exit_message else reason
+
+    # -- local workers --------------------------------------------------------------------------
+
+    @contextmanager
+    def _local_workers(self) -> Iterator[Any]:
+        mode = self.settings.mode
+        if mode == "thread":
+            with self._threads() as supervise:
+                yield supervise
+        elif mode == "process":
+            with self._processes() as supervise:
+                yield supervise
+        else:
+            yield lambda partitions: None
+
+    @contextmanager
+    def _threads(self) -> Iterator[Any]:
+        from batchctl.worker import ClaimFilter, Worker
+
+        workers = [
+            Worker(
+                self.repository,
+                lambda name: self.job,
+                kind="thread",
+                claims=ClaimFilter(execution_id=self.ctx.execution_id, step_name=self.step.name),
+                heartbeat_interval=self.config.heartbeat_interval,
+                heartbeat_timeout=self.config.heartbeat_timeout,
+                exit_when_idle=True,
+            )
+            for _ in range(self.settings.workers)
+        ]
+        threads = [
+            threading.Thread(target=worker.run, name=f"batchctl-partition-{i}", daemon=True)
+            for i, worker in enumerate(workers)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            yield lambda partitions: None
+        finally:
+            for worker in workers:
+                worker.request_shutdown()
+            for thread in threads:
+                thread.join()
+
+    @contextmanager
+    def _processes(self) -> Iterator[Any]:
+        supervisor = _LocalProcesses(self)
+        supervisor.start(self.settings.workers)
+        try:
+            yield supervisor.supervise
+        finally:
+            supervisor.close()
+
+
+class _LocalProcesses:
+    """The local worker processes of one partitioned step: started, replaced if they crash."""
+
+    def __init__(self, run: PartitionedRun) -> None:
+        self.run = run
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.respawns_left = LOCAL_WORKER_RESPAWNS * run.settings.workers
+
+    def start(self, count: int) -> None:
+        for _ in range(count):
+            self.processes.append(self._spawn())
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        from batchctl.launcher import child_env
+
+        command = [
+            sys.executable, "-m", "batchctl", "worker",
+            "--execution", str(self.run.ctx.execution_id),
+            "--step", self.run.step.name,
+            "--exit-when-idle",
+        ]
+        return subprocess.Popen(command, env=child_env(self.run.config), stdin=subprocess.DEVNULL)
+
+    def supervise(self, partitions: list[StepExecution]) -> None:
+        """Retire crashed workers (their partitions become claimable at once) and replace them
+        while partitions remain; with no worker left and none allowed, fail what is left."""
+        import socket
+
+        for process in list(self.processes):
+            code = process.poll()
+            if code is None:
+                continue
+            self.processes.remove(process)
+            if code != 0:
+                log.warning("local worker pid %s ended with %s", process.pid, code)
+                self.run.repository.retire_workers_of_process(socket.gethostname(), process.pid)
+        waiting = [p for p in partitions if p.status.is_live]
+        if self.processes or not waiting:
+            return
+        if self.respawns_left > 0:
+            self.respawns_left -= 1
+            self.processes.append(self._spawn())
+            return
+        for partition in waiting:
+            try:
+                self.run.repository.update_step_execution(
+                    partition,
+                    status=Status.FAILED,
+                    exit_code=Status.FAILED.value,
+                    exit_message="its local worker processes kept dying",
+                    ended_at=utcnow(),
+                )
+            except Exception:
+                log.warning("could not fail partition %s", partition.name, exc_info=True)
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _summed(partitions: list[StepExecution]) -> dict[str, int]:
+    return {name: sum(getattr(p, name) for p in partitions) for name in STEP_COUNTERS}

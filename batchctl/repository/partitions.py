@@ -1,0 +1,340 @@
+"""Queries of partitioned steps: partitions as a queue in the repository, and the workers.
+
+The repository itself is the queue (as in procrastinate): a partition is a step execution row;
+a worker claims one with `SELECT ... FOR UPDATE SKIP LOCKED` on Postgres (on SQLite the claim
+transaction holds the database's write lock), and a partition whose worker stopped
+heartbeating is claimed again and resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Iterator, Sequence
+
+from sqlalchemy import Connection, and_, func, or_, select, text, update
+
+from batchctl.errors import StaleExecution
+from batchctl.model import Status, StepExecution, utcnow
+from batchctl.repository.tables import job_execution, step_execution, worker
+
+NOTIFY_CHANNEL = "batchctl_partitions"
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """A partition to create: its place, its context, the state it resumes from."""
+
+    index: int
+    partition: dict[str, Any]
+    context: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A live worker and what it is doing, for `batchctl workers`."""
+
+    id: int
+    host: str
+    pid: int
+    kind: str
+    started_at: datetime
+    heartbeat_at: datetime
+    step_execution_id: int | None
+    partition_name: str | None
+    execution_id: int | None
+    job_name: str | None
+
+
+class PartitionQueries:
+    """The partition and worker queries of `Repository` (mixed into it)."""
+
+    _write: Callable[..., Any]
+    _read: Callable[..., Any]
+    dialect: str
+
+    # -- the owner's side -----------------------------------------------------------------------
+
+    def create_partitions(
+        self, job_execution_id: int, step_name: str, specs: Sequence[PartitionSpec], mode: str
+    ) -> None:
+        """Write: one STARTING step execution per partition, in one transaction; on Postgres
+        the transaction also notifies waiting workers."""
+
+        def change(connection: Connection) -> None:
+            if specs:
+                connection.execute(
+                    step_execution.insert(),
+                    [
+                        {
+                            "job_execution_id": job_execution_id,
+                            "name": partition_name(step_name, spec.index),
+                            "status": Status.STARTING.value,
+                            "version": 0,
+                            "context": spec.context,
+                            "partition_of": step_name,
+                            "partition_index": spec.index,
+                            "partition": spec.partition,
+                            "mode": mode,
+                        }
+                        for spec in specs
+                    ],
+                )
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+
+        self._write(change)
+
+    def partitions_of(self, job_execution_id: int, step_name: str) -> list[StepExecution]:
+        """Read: the partitions of one step in one job execution, in partition order."""
+        from batchctl.repository.store import _step_execution
+
+        query = (
+            select(step_execution)
+            .where(
+                step_execution.c.job_execution_id == job_execution_id,
+                step_execution.c.partition_of == step_name,
+            )
+            .order_by(step_execution.c.partition_index)
+        )
+        rows = self._read(lambda connection: connection.execute(query).all())
+        return [_step_execution(row) for row in rows]
+
+    def end_unclaimed_partitions(
+        self, job_execution_id: int, step_name: str, status: Status, message: str
+    ) -> int:
+        """Claim: end the partitions no worker has claimed (STARTING) with `status`."""
+        return int(
+            self._write(
+                lambda connection: connection.execute(
+                    update(step_execution)
+                    .where(
+                        step_execution.c.job_execution_id == job_execution_id,
+                        step_execution.c.partition_of == step_name,
+                        step_execution.c.status == Status.STARTING.value,
+                    )
+                    .values(
+                        status=status.value,
+                        exit_code=status.value,
+                        exit_message=message,
+                        ended_at=utcnow(),
+                        version=step_execution.c.version + 1,
+                    )
+                ).rowcount
+            )
+        )
+
+    # -- the worker's side ----------------------------------------------------------------------
+
+    def claim_partition(
+        self,
+        worker_id: int,
+        host: str,
+        pid: int,
+        *,
+        stale_before: datetime,
+        execution_id: int | None = None,
+        step_name: str | None = None,
+        job_names: Sequence[str] | None = None,
+        mode: str | None = None,
+    ) -> StepExecution | None:
+        """Claim: the oldest partition that is waiting, or whose worker stopped heartbeating
+        before `stale_before`, of a job execution still running; None when there is none."""
+        from batchctl.repository.store import _step_execution
+
+        stale_workers = select(worker.c.id).where(
+            or_(worker.c.stopped_at.is_not(None), worker.c.heartbeat_at < stale_before)
+        )
+        claimable = or_(
+            step_execution.c.status == Status.STARTING.value,
+            and_(
+                step_execution.c.status == Status.STARTED.value,
+                or_(
+                    step_execution.c.worker_id.is_(None),
+                    step_execution.c.worker_id.in_(stale_workers),
+                ),
+            ),
+        )
+        query = (
+            select(step_execution.c.id, step_execution.c.version)
+            .join(job_execution, job_execution.c.id == step_execution.c.job_execution_id)
+            .where(
+                step_execution.c.partition_of.is_not(None),
+                claimable,
+                job_execution.c.status == Status.STARTED.value,
+            )
+            .order_by(step_execution.c.id)
+            .limit(1)
+        )
+        if execution_id is not None:
+            query = query.where(step_execution.c.job_execution_id == execution_id)
+        if step_name is not None:
+            query = query.where(step_execution.c.partition_of == step_name)
+        if job_names is not None:
+            query = query.where(job_execution.c.job_name.in_(list(job_names)))
+        if mode is not None:
+            query = query.where(step_execution.c.mode == mode)
+        if self.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True, of=step_execution)
+
+        def change(connection: Connection) -> StepExecution | None:
+            found = connection.execute(query).first()
+            if found is None:
+                return None
+            now = utcnow()
+            connection.execute(
+                update(step_execution)
+                .where(step_execution.c.id == found.id, step_execution.c.version == found.version)
+                .values(
+                    status=Status.STARTED.value,
+                    worker_id=worker_id,
+                    host=host,
+                    pid=pid,
+                    started_at=func.coalesce(step_execution.c.started_at, now),
+                    version=found.version + 1,
+                )
+            )
+            connection.execute(
+                update(worker).where(worker.c.id == worker_id).values(step_execution_id=found.id)
+            )
+            row = connection.execute(
+                select(step_execution).where(step_execution.c.id == found.id)
+            ).one()
+            return _step_execution(row)
+
+        return self._write(change)
+
+    def release_partition(self, partition: StepExecution) -> None:
+        """Write: hand a claimed partition back (STARTING, no worker), keeping its checkpoint."""
+
+        def change(connection: Connection) -> None:
+            result = connection.execute(
+                update(step_execution)
+                .where(
+                    step_execution.c.id == partition.id,
+                    step_execution.c.version == partition.version,
+                )
+                .values(
+                    status=Status.STARTING.value,
+                    worker_id=None,
+                    host=None,
+                    pid=None,
+                    version=partition.version + 1,
+                )
+            )
+            if result.rowcount != 1:
+                raise StaleExecution(f"partition {partition.name} was changed by another process")
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+
+        self._write(change)
+
+    # -- workers --------------------------------------------------------------------------------
+
+    def register_worker(self, host: str, pid: int, kind: str) -> int:
+        """Write: a new worker, alive as of now."""
+        now = utcnow()
+
+        def change(connection: Connection) -> int:
+            result = connection.execute(
+                worker.insert().values(
+                    host=host, pid=pid, kind=kind, started_at=now, heartbeat_at=now
+                )
+            )
+            return int(result.inserted_primary_key[0])
+
+        return int(self._write(change))
+
+    def worker_heartbeat(self, worker_id: int, step_execution_id: int | None) -> None:
+        """Write: the worker is alive and doing `step_execution_id` (None: idle)."""
+        self._write(
+            lambda connection: connection.execute(
+                update(worker)
+                .where(worker.c.id == worker_id)
+                .values(heartbeat_at=utcnow(), step_execution_id=step_execution_id)
+            )
+        )
+
+    def retire_worker(self, worker_id: int) -> None:
+        """Write: the worker has stopped; what it still held may be claimed at once."""
+        self._write(
+            lambda connection: connection.execute(
+                update(worker)
+                .where(worker.c.id == worker_id, worker.c.stopped_at.is_(None))
+                .values(stopped_at=utcnow(), step_execution_id=None)
+            )
+        )
+
+    def retire_workers_of_process(self, host: str, pid: int) -> None:
+        """Write: every worker of a process known to be gone is retired."""
+        self._write(
+            lambda connection: connection.execute(
+                update(worker)
+                .where(worker.c.host == host, worker.c.pid == pid, worker.c.stopped_at.is_(None))
+                .values(stopped_at=utcnow(), step_execution_id=None)
+            )
+        )
+
+    def live_workers(self, alive_after: datetime) -> list[WorkerInfo]:
+        """Read: workers not stopped that heartbeat after `alive_after`, with their partition."""
+        query = (
+            select(
+                worker,
+                step_execution.c.name.label("partition_name"),
+                step_execution.c.job_execution_id.label("execution_id"),
+                job_execution.c.job_name,
+            )
+            .outerjoin(step_execution, step_execution.c.id == worker.c.step_execution_id)
+            .outerjoin(job_execution, job_execution.c.id == step_execution.c.job_execution_id)
+            .where(worker.c.stopped_at.is_(None), worker.c.heartbeat_at >= alive_after)
+            .order_by(worker.c.id)
+        )
+        rows = self._read(lambda connection: connection.execute(query).all())
+        return [
+            WorkerInfo(
+                id=row.id,
+                host=row.host,
+                pid=row.pid,
+                kind=row.kind,
+                started_at=row.started_at,
+                heartbeat_at=row.heartbeat_at,
+                step_execution_id=row.step_execution_id,
+                partition_name=row.partition_name,
+                execution_id=row.execution_id,
+                job_name=row.job_name,
+            )
+            for row in rows
+        ]
+
+    @contextmanager
+    def partition_notifications(self) -> Iterator[Callable[[float], None]]:
+        """A `wait(timeout)` that returns when partitions may be claimable: on Postgres when
+        LISTEN hears of new ones (or at the timeout), elsewhere at the timeout."""
+        if self.dialect != "postgresql":
+            import time
+
+            yield time.sleep
+            return
+        raw = self.engine.raw_connection()  # type: ignore[attr-defined]
+        try:
+            driver = raw.driver_connection
+            driver.autocommit = True
+            driver.execute(f"LISTEN {NOTIFY_CHANNEL}")
+
+            def wait(timeout: float) -> None:
+                for _ in driver.notifies(timeout=timeout, stop_after=1):
+                    break
+
+            yield wait
+        finally:
+            raw.invalidate()  # a LISTENing connection must not go back to the pool
+            raw.close()
+
+
+def partition_name(step_name: str, index: int) -> str:
+    """A partition's step execution name: `post:0003`."""
+    return f"{step_name}:{index:04d}"
+
+
+__all__ = ["PartitionQueries", "PartitionSpec", "WorkerInfo", "partition_name"]

@@ -1,0 +1,226 @@
+"""Workers: claim partitions from the repository and run them, each from its own checkpoint.
+
+One claim loop serves every kind of worker: `batchctl worker` processes on any machine that
+reaches the Postgres repository (remote partitions), the local worker processes a partitioned
+step starts, and worker threads inside the job's own process. A worker heartbeats while it
+works; a partition whose worker stopped heartbeating is claimed again by another.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable, Sequence
+
+from batchctl.errors import StaleExecution
+from batchctl.job import Job, StepContext
+from batchctl.model import JobExecution, Status, StepExecution, utcnow
+
+log = logging.getLogger("batchctl.worker")
+
+WORKER_POLL_INTERVAL = 2.0  # seconds an idle worker waits for new partitions (LISTEN wakes it sooner)
+STOP_POLL_INTERVAL = 0.5  # seconds between two looks at whether the partition's job is stopping
+
+
+@dataclass(frozen=True)
+class ClaimFilter:
+    """Which partitions a worker may claim."""
+
+    execution_id: int | None = None
+    step_name: str | None = None
+    job_names: Sequence[str] | None = None
+    mode: str | None = None
+
+
+class Worker:
+    """Claims partitions and runs them until told to shut down (or, if `exit_when_idle`, until
+    nothing is left to claim)."""
+
+    def __init__(
+        self,
+        repository: Any,
+        resolve_job: Callable[[str], Job],
+        *,
+        kind: str,
+        claims: ClaimFilter,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+        exit_when_idle: bool = False,
+        poll_interval: float = WORKER_POLL_INTERVAL,
+    ) -> None:
+        self.repository = repository
+        self.resolve_job = resolve_job
+        self.kind = kind
+        self.claims = claims
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.exit_when_idle = exit_when_idle
+        self.poll_interval = poll_interval
+        self.shutdown = threading.Event()
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.id: int | None = None
+        self.partitions_run = 0
+        self._current: tuple[StepExecution, threading.Event] | None = None
+        self._lock = threading.Lock()
+
+    def request_shutdown(self) -> None:
+        """Finish the current chunk, hand the partition back, and exit: safe in a signal handler."""
+        self.shutdown.set()
+        current = self._current
+        if current is not None:
+            current[1].set()
+
+    def run(self) -> int:
+        """The claim loop; returns how many partitions this worker ran."""
+        self.id = self.repository.register_worker(self.host, self.pid, self.kind)
+        log.info("worker %s (%s, pid %s on %s) started", self.id, self.kind, self.pid, self.host)
+        beat = threading.Thread(target=self._heartbeat, name=f"batchctl-worker-{self.id}", daemon=True)
+        beat.start()
+        try:
+            with self.repository.partition_notifications() as wait:
+                while not self.shutdown.is_set():
+                    partition = self._claim()
+                    if partition is not None:
+                        self._run_partition(partition)
+                    elif self.exit_when_idle:
+                        break
+                    else:
+                        wait(self.poll_interval)
+        finally:
+            self.shutdown.set()
+            beat.join()
+            self.repository.retire_worker(self.id)
+            log.info("worker %s stopped after %s partition(s)", self.id, self.partitions_run)
+        return self.partitions_run
+
+    def _claim(self) -> StepExecution | None:
+        assert self.id is not None
+        return self.repository.claim_partition(
+            self.id,
+            self.host,
+            self.pid,
+            stale_before=utcnow() - timedelta(seconds=self.heartbeat_timeout),
+            execution_id=self.claims.execution_id,
+            step_name=self.claims.step_name,
+            job_names=self.claims.job_names,
+            mode=self.claims.mode,
+        )
+
+    def _heartbeat(self) -> None:
+        last_beat = utcnow()
+        while not self.shutdown.wait(STOP_POLL_INTERVAL):
+            try:
+                current = self._current
+                if current is not None:
+                    self._watch_job(*current)
+                if (utcnow() - last_beat).total_seconds() >= self.heartbeat_interval:
+                    assert self.id is not None
+                    self.repository.worker_heartbeat(self.id, current[0].id if current else None)
+                    last_beat = utcnow()
+            except Exception:  # the next beat may succeed; the partition must go on
+                log.warning("heartbeat of worker %s failed", self.id, exc_info=True)
+
+    def _watch_job(self, partition: StepExecution, stop_event: threading.Event) -> None:
+        """Stop the partition when its job execution is stopping or has ended."""
+        execution = self.repository.execution(partition.job_execution_id)
+        if execution.status != Status.STARTED:
+            stop_event.set()
+
+    def _run_partition(self, partition: StepExecution) -> None:
+        stop_event = threading.Event()
+        if self.shutdown.is_set():
+            stop_event.set()
+        self._current = (partition, stop_event)
+        try:
+            PartitionRun(self.repository, self.resolve_job, partition, stop_event, self).run()
+            self.partitions_run += 1
+        except StaleExecution:
+            log.warning("partition %s was taken over by another worker", partition.name)
+        finally:
+            self._current = None
+
+
+class PartitionRun:
+    """Runs one claimed partition with the runner of its step's kind."""
+
+    def __init__(
+        self,
+        repository: Any,
+        resolve_job: Callable[[str], Job],
+        partition: StepExecution,
+        stop_event: threading.Event,
+        worker: Worker,
+    ) -> None:
+        self.repository = repository
+        self.resolve_job = resolve_job
+        self.partition = partition
+        self.stop_event = stop_event
+        self.worker = worker
+
+    def run(self) -> None:
+        from batchctl.engine import Observers, call_listeners, finish_step, runner_for
+
+        execution = self.repository.execution(self.partition.job_execution_id)
+        try:
+            job = self.resolve_job(execution.job_name)
+            step = job.step(self.partition.partition_of or "")
+            params = job.convert_params(execution.params)
+        except Exception as exc:
+            self._fail(f"could not load the partition's job: {type(exc).__name__}: {exc}")
+            return
+        ctx = self._context(job, execution, params)
+        log.info("partition %s of execution %s started", self.partition.name, execution.id)
+        failure = call_listeners(job.listeners, "before_partition", ctx)
+        if failure is not None:
+            self._fail(f"before_partition failed: {failure}")
+            return
+        runner = runner_for(step)(
+            step, ctx, self.partition, self.repository, Observers(())
+        )
+        status, message = runner.run(job.listeners)
+        if status == Status.STOPPED and self._handing_back(execution.id):
+            self.repository.release_partition(runner.step_execution)
+            log.info("partition %s handed back at its checkpoint", self.partition.name)
+            return
+        ended = finish_step(self.repository, runner, status, message, ctx)
+        failure = call_listeners(job.listeners, "after_partition", ctx, ended)
+        if failure is not None:
+            log.error("after_partition of %s failed: %s", ended.name, failure)
+        log.info("partition %s %s", ended.name, ended.status.value)
+
+    def _handing_back(self, execution_id: int) -> bool:
+        """A worker shutting down hands its partition back unless the job itself is stopping."""
+        if not self.worker.shutdown.is_set():
+            return False
+        return self.repository.execution(execution_id).status == Status.STARTED
+
+    def _context(self, job: Job, execution: JobExecution, params: dict[str, Any]) -> StepContext:
+        ctx = StepContext(
+            job_name=job.name,
+            step_name=self.partition.name,
+            params=params,
+            state=dict(self.partition.context),
+            job_context=dict(execution.context),
+            execution_id=execution.id,
+            step_execution_id=self.partition.id,
+            stop_event=self.stop_event,
+            engine=self.repository.engine,
+        )
+        ctx.partition = dict(self.partition.partition or {})
+        return ctx
+
+    def _fail(self, message: str) -> None:
+        self.repository.update_step_execution(
+            self.partition,
+            status=Status.FAILED,
+            exit_code=Status.FAILED.value,
+            exit_message=message,
+            ended_at=utcnow(),
+        )
+        log.error("partition %s failed: %s", self.partition.name, message)
+
