@@ -28,7 +28,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from batchctl.engine import Observers, _call_listeners, _describe, _replace_status
+from batchctl.engine import Observers, call_listeners, _describe, _replace_status
 from batchctl.errors import BatchctlError, CommitUnknown, SkipLimitExceeded
 from batchctl.job import Step, StepContext, listener_calls
 from batchctl.model import STEP_COUNTERS, SkippedItem, Status, StepExecution
@@ -213,6 +213,23 @@ def open_writer(writer: Any, ctx: StepContext, state: Any) -> Any:
     return _FunctionWriter(writer, ctx)
 
 
+def agree_on_records(reader: Any, writer: Any) -> list[str] | None:
+    """When no processor sees the items, a reader whose dicts could as well be tuples
+    (`record_names()`, `use_records()`) and a writer that takes such tuples (`take_records`)
+    pass tuples: the same rows, without building a dict per item. The column names, or None."""
+    source = getattr(reader, "reader", None)
+    sink = getattr(writer, "writer", None)
+    offer = getattr(source, "record_names", None)
+    take = getattr(sink, "take_records", None)
+    if offer is None or take is None:
+        return None
+    names = offer()
+    if not names or not take(names):
+        return None
+    source.use_records()
+    return list(names)
+
+
 # -- the loop ------------------------------------------------------------------------------------
 
 
@@ -242,6 +259,8 @@ class ChunkRun:
         self.pending: list[SkippedItem] = []  # this chunk's read and process skips
         self.total: int | None = None
         self.listeners: list[Any] = []
+        self.records: list[str] | None = None  # column names when items travel as tuples
+        self.connection: Any = None  # held for the step's commits (see chunk_connection)
         self._retry = self.settings.retry
         self._skip = self.settings.skip
 
@@ -249,7 +268,7 @@ class ChunkRun:
 
     def run(self, listeners: list[Any]) -> tuple[Status, str]:
         self.listeners = listeners
-        failure = _call_listeners(listeners, "before_step", self.ctx)
+        failure = call_listeners(listeners, "before_step", self.ctx)
         if failure is not None:
             return Status.FAILED, f"before_step failed: {failure}"
         try:
@@ -262,7 +281,7 @@ class ChunkRun:
         except Exception as exc:
             status, message = self._failed(exc)
         snapshot = _replace_status(self.step_execution, status, message)
-        failure = _call_listeners(listeners, "after_step", self.ctx, snapshot)
+        failure = call_listeners(listeners, "after_step", self.ctx, snapshot)
         if failure is not None and status == Status.COMPLETED:
             return Status.FAILED, f"after_step failed: {failure}"
         return status, message
@@ -283,12 +302,29 @@ class ChunkRun:
     # -- chunks ------------------------------------------------------------------------------
 
     def _execute(self) -> Status:
+        self.connection = self.repository.chunk_connection()
+        try:
+            return self._open_and_run()
+        finally:
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        if self.connection is not None:
+            try:
+                self.connection.close()
+            except Exception:
+                log.warning("closing a connection of step %s failed", self.step.name, exc_info=True)
+            self.connection = None
+
+    def _open_and_run(self) -> Status:
         ctx = self.ctx
         reader = open_reader(self.settings.reader, ctx, ctx.state.get("reader"), self.position)
         failed = True
         try:
             writer = open_writer(self.settings.writer, ctx, ctx.state.get("writer"))
             try:
+                if self.settings.processor is None:
+                    self.records = agree_on_records(reader, writer)
                 self.total = reader.total
                 self.observers.step_progress(self.step_execution, self.position, self.total)
                 status = self._chunks(reader, writer)
@@ -445,14 +481,16 @@ class ChunkRun:
                 "skips": self.skips + len(skipped),
             }
 
+        if self.connection is None:
+            self.connection = self.repository.chunk_connection()
         if writer.transactional:
             self.step_execution = self.repository.commit_chunk(
-                self.step_execution, changes, write, skipped
+                self.step_execution, changes, write, skipped, connection=self.connection
             )
         else:
             write(None)
             self.step_execution = self.repository.commit_chunk(
-                self.step_execution, changes, None, skipped
+                self.step_execution, changes, None, skipped, connection=self.connection
             )
         self.counters = {name: changes[name] for name in STEP_COUNTERS}
         self.position += consumed
@@ -482,7 +520,8 @@ class ChunkRun:
                         self._wait(attempt)
                         attempt += 1
                         continue
-                    self._skip_item(skipped, "write", item, exc, None)
+                    shown = dict(zip(self.records, item)) if self.records else item
+                    self._skip_item(skipped, "write", shown, exc, None)
                     break
                 if savepoint is not None:
                     savepoint.commit()
@@ -531,8 +570,10 @@ class ChunkRun:
         log.warning("step %s skipped an item in %s: %s", self.step.name, phase, skip.error_text)
 
     def _rolled_back(self, exc: BaseException, writer: Any) -> None:
-        """Account for a chunk that failed: a rollback, the listeners, the writer reset."""
+        """Account for a chunk that failed: a rollback, the listeners, the writer reset, and a
+        new connection for the next commit (the failure may have broken this one)."""
         self.rollbacks += 1
+        self._drop_connection()
         for call in listener_calls(self.listeners, "on_chunk_error"):
             try:
                 call(self.ctx, exc)

@@ -7,6 +7,7 @@ after each chunk is known: a restart seeks there. Conversion of a row is one gen
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import io
@@ -73,11 +74,12 @@ def converter_for(kind: Any) -> Converter | None:
 
 
 def build_row_converter(
-    names: Sequence[str], types: Mapping[str, Any], row_type: Any
-) -> Callable[[Sequence[str]], Any]:
-    """A function from one CSV record (a list of str) to an item.
+    names: Sequence[str], types: Mapping[str, Any], row_type: Any, *, many: bool = False
+) -> Callable[[Any], Any]:
+    """A function from one CSV record (a list of str) to an item; with `many`, from a list of
+    records to a list of items (one list comprehension: no Python call per record).
 
-    The record must have exactly `len(names)` fields. A typed field that is empty becomes None.
+    A record must have exactly `len(names)` fields. A typed field that is empty becomes None.
     """
     namespace: dict[str, Any] = {"row_type": row_type}
     values = []
@@ -91,18 +93,24 @@ def build_row_converter(
     targets = "".join(f"v{index}, " for index in range(len(names)))
     if row_type is dict:
         body = "{" + ", ".join(f"{name!r}: {value}" for name, value in zip(names, values)) + "}"
+    elif row_type is tuple:
+        body = "(" + "".join(f"{value}, " for value in values) + ")"
     else:
         fields = {field.name for field in dataclasses.fields(row_type)}
         body = "row_type(" + ", ".join(
             f"{name}={value}" for name, value in zip(names, values) if name in fields
         ) + ")"
-    source = f"def convert(row):\n    {targets}= row\n    return {body}\n"
+    if many:
+        source = f"def convert(rows):\n    return [{body} for {targets}in rows]\n"
+    else:
+        source = f"def convert(row):\n    {targets}= row\n    return {body}\n"
     exec(compile(source, "<batchctl csv row>", "exec"), namespace)  # noqa: S102 - our own text
     return namespace["convert"]  # type: ignore[no-any-return]
 
 
 class CsvReader:
-    """Reads a CSV file: each record an item, a dict keyed by the header (or a dataclass).
+    """Reads a CSV file: each record an item, a dict keyed by the header (or a dataclass, or a
+    tuple in the file's column order).
 
     ```
     CsvReader("data/entries-{date:%Y%m%d}.csv", types={"amount_cents": int})
@@ -128,8 +136,8 @@ class CsvReader:
         encoding: str = "utf-8",
         **fmtparams: Any,
     ) -> None:
-        if row_type is not dict and not dataclasses.is_dataclass(row_type):
-            raise JobDefinitionError("CsvReader row_type must be dict or a dataclass")
+        if row_type not in (dict, tuple) and not dataclasses.is_dataclass(row_type):
+            raise JobDefinitionError("CsvReader row_type must be dict, tuple or a dataclass")
         if not header and not fieldnames:
             raise JobDefinitionError("CsvReader with header=False needs fieldnames")
         self.template = path
@@ -164,7 +172,7 @@ class CsvReader:
             names = []
         self.names = list(names)
         types = dict(self.types)
-        if self.row_type is not dict:
+        if dataclasses.is_dataclass(self.row_type):
             hints = typing.get_type_hints(self.row_type)
             fields = [field.name for field in dataclasses.fields(self.row_type)]
             missing = [name for name in fields if name not in self.names]
@@ -175,10 +183,24 @@ class CsvReader:
                 )
             for name in fields:
                 types.setdefault(name, hints.get(name, str))
-        self._convert = build_row_converter(self.names, types, self.row_type)
+        self._use(self.row_type, types)
         self._record = int(state.get("record", 0))
         if "offset" in state:
             self._file.seek(int(state["offset"]))
+
+    def record_names(self) -> list[str] | None:
+        """The column names, when rows are dicts that could as well be tuples (records)."""
+        return list(self.names) if self.row_type is dict and self.names else None
+
+    def use_records(self) -> None:
+        """Read tuples in the order of `record_names()` instead of dicts: a chunk step with no
+        processor does this when its writer takes records too, so that no dict is built."""
+        self._use(tuple, self._types)
+
+    def _use(self, row_type: Any, types: dict[str, Any]) -> None:
+        self._types = types
+        self._convert = build_row_converter(self.names, types, row_type)
+        self._convert_all = build_row_converter(self.names, types, row_type, many=True)
 
     def read(self) -> Any:
         """One item, or None at the end (the chunk loop uses the faster `read_chunk`)."""
@@ -206,8 +228,8 @@ class CsvReader:
             self._record += failures
             return [] if failures else None
         try:
-            items = list(map(self._convert, rows))
-        except Exception:
+            items = self._convert_all(rows)
+        except Exception:  # a blank line, a bad record: convert one by one to learn which
             items = self._convert_each(rows, on_error)
         self._record += len(rows) + failures
         return items
@@ -274,8 +296,19 @@ class CsvWriter(FileWriter):
         self.fmtparams = fmtparams
         self._fields: list[str] | None = None
         self._getter: Callable[[Any], Any] | None = None
+        self._records = False
         self._buffer = io.StringIO()
         self._csv = csv.writer(self._buffer, dialect, **fmtparams)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CsvWriter:
+        """A writer of its own with the same settings (each partition of a partitioned step
+        gets one): a new buffer and csv writer, as a newly built writer has."""
+        clone = copy.copy(self)
+        kept = {k: v for k, v in vars(self).items() if k not in ("_buffer", "_csv")}
+        vars(clone).update(copy.deepcopy(kept, memo))
+        clone._buffer = io.StringIO()
+        clone._csv = csv.writer(clone._buffer, clone.dialect, **clone.fmtparams)
+        return clone
 
     def restore(self, state: dict[str, Any]) -> None:
         saved = state.get("fields")
@@ -284,6 +317,17 @@ class CsvWriter(FileWriter):
 
     def saved_state(self) -> dict[str, Any]:
         return {"fields": self._fields} if self._fields else {}
+
+    def take_records(self, names: Sequence[str]) -> bool:
+        """Take tuples in the order of `names` instead of dicts, if those are its columns."""
+        if self.fields is not None and list(self.fields) != list(names):
+            return False
+        self.fields = list(names)
+        self._records = True
+        if not self._fields:
+            self._fields = list(names)
+        self._getter = None
+        return True
 
     def write(self, items: list[Any]) -> None:
         if not items:
@@ -306,7 +350,7 @@ class CsvWriter(FileWriter):
                 self._fields = [field.name for field in dataclasses.fields(first)]
             elif self.header:
                 raise JobDefinitionError("CsvWriter needs fields= to write a header for sequences")
-        self._getter = _getter(first, self._fields)
+        self._getter = _as_record if self._records else _getter(first, self._fields)
 
 
 def _getter(first: Any, fields: list[str] | None) -> Callable[[Any], Any]:

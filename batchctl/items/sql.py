@@ -225,6 +225,7 @@ class SqlWriter:
         self._ctx: Any = None
         self._engine: Any = None
         self._getter: Callable[[Any], Any] | None = None
+        self._records = False
         self._sql: dict[str, str] = {}
 
     def open(self, ctx: Any, state: dict[str, Any]) -> None:
@@ -232,12 +233,23 @@ class SqlWriter:
         if self.url is not None and self._engine is None:
             self._engine = _own_engine(resolve_url(self.url, ctx))
 
+    def take_records(self, names: Sequence[str]) -> bool:
+        """Take tuples in the order of `names` instead of dicts, if those are its columns."""
+        if self.columns is not None and list(self.columns) != list(names):
+            return False
+        self.columns = list(names)
+        self._records = True
+        return True
+
     def write(self, items: list[Any]) -> None:
         if not items:
             return
-        if self._getter is None:
-            self._getter = self._start(items[0])
-        rows = list(map(self._getter, items))
+        if self._records:
+            rows = items
+        else:
+            if self._getter is None:
+                self._getter = self._start(items[0])
+            rows = list(map(self._getter, items))
         if self.transactional:
             connection = self._ctx.connection if self._ctx is not None else None
             if connection is None:
