@@ -32,8 +32,15 @@ STATUS_STYLES = {
 
 # Off a terminal there is no width to fit: keep rows whole for pipes and files.
 _PIPE_WIDTH = 250
-stdout = Console(highlight=False, width=None if sys.stdout.isatty() else _PIPE_WIDTH)
-stderr = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else _PIPE_WIDTH)
+# Job names, params and messages are user text: never read as rich markup or emoji codes.
+stdout = Console(
+    highlight=False, markup=False, emoji=False,
+    width=None if sys.stdout.isatty() else _PIPE_WIDTH,
+)
+stderr = Console(
+    stderr=True, highlight=False, markup=False, emoji=False,
+    width=None if sys.stderr.isatty() else _PIPE_WIDTH,
+)
 
 
 # -- JSON -----------------------------------------------------------------------------------------

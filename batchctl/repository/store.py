@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import date, datetime
 from typing import Any, Callable, Iterator, Sequence
 
-from sqlalchemy import Connection, Engine, Row, and_, func, select, update
+from sqlalchemy import Connection, Engine, Row, and_, func, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from batchctl.errors import AlreadyRunning, CommitUnknown, StaleExecution, UnknownExecution
@@ -38,7 +38,13 @@ from batchctl.repository.connect import (
 )
 from batchctl.repository.migrate import ensure_schema
 from batchctl.repository.partitions import PartitionQueries
-from batchctl.repository.tables import job_execution, job_instance, skipped_item, step_execution
+from batchctl.repository.tables import (
+    LIVE_STATUS_SQL,
+    job_execution,
+    job_instance,
+    skipped_item,
+    step_execution,
+)
 
 Decide = Callable[[JobExecution | None], JobExecution | None]
 """Given the instance's last execution, return the execution to resume from (None: afresh),
@@ -71,7 +77,6 @@ def _checkpoint_sql(dialect: Any) -> str:
 def _json_text(value: Any) -> str:
     """JSON as JSONText stores it."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
-_LIVE = [status.value for status in LIVE_STATUSES]
 
 
 class Repository(PartitionQueries):
@@ -476,8 +481,21 @@ class Repository(PartitionQueries):
         return [_execution(row) for row in rows]
 
     def live_executions(self, job_name: str | None = None) -> list[JobExecution]:
-        """Read: every STARTING, STARTED or STOPPING execution, newest first."""
-        return self.history(job_name, LIVE_STATUSES, limit=None)
+        """Read: every STARTING, STARTED or STOPPING execution, newest first.
+
+        The condition is the live index's own literal WHERE, so that both databases answer
+        from that small partial index however large the repository grows.
+        """
+        query = (
+            select(*_EXECUTION_COLUMNS)
+            .join(job_instance, job_instance.c.id == job_execution.c.instance_id)
+            .where(text(f"job_execution.{LIVE_STATUS_SQL}"))
+            .order_by(job_execution.c.id.desc())
+        )
+        if job_name is not None:
+            query = query.where(job_execution.c.job_name == job_name)
+        rows = self._read(lambda connection: connection.execute(query).all())
+        return [_execution(row) for row in rows]
 
     def step_executions(self, execution_id: int) -> list[StepExecution]:
         """Read: the step executions of one job execution, in the order they started."""

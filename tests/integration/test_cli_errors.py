@@ -84,11 +84,13 @@ def test_an_unknown_status_exits_2(run_cli, rows) -> None:
     assert_one_line_error(outcome, 2, "unknown status 'DONE'")
 
 
-def test_a_command_line_usage_error_exits_2_without_a_traceback(run_cli) -> None:
+def test_a_command_line_usage_error_exits_2_with_one_line(run_cli) -> None:
     outcome = run_cli("show", "not-a-number")
     assert outcome.code == 2
-    assert "Traceback" not in outcome.err
-    assert outcome.err_lines[-1].startswith("Error: ")
+    assert outcome.err_lines == [
+        "batchctl: error: Invalid value for 'ID': 'not-a-number' is not a valid int. "
+        "(see 'batchctl show --help')"
+    ]
 
 
 def test_starting_a_completed_instance_exits_4_with_the_hint(run_cli, rows) -> None:

@@ -14,5 +14,9 @@ context.configure(connection=connection, target_metadata=metadata, render_as_bat
 
 with context.begin_transaction():
     if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        # One lock per schema, so that repositories in other schemas migrate in parallel.
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:key, hashtext(current_schema()))"),
+            {"key": MIGRATION_LOCK_KEY},
+        )
     context.run_migrations()
