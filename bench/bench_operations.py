@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 import statistics
 import subprocess
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 from common import (
@@ -216,14 +217,14 @@ def launches(ctx: Context) -> Iterator[Row]:
         setup.repository().close()  # the schema exists, as it would in use
         argvs = [[*batchctl_command(), "start", JOB_NAMES[0], "--params", json.dumps({"i": i})]
                  for i in range(LAUNCHES)]
-        wall, results = _all_at_once(argvs, setup)
+        wall, cpu, results = _all_at_once(argvs, setup)
         failures = [r for r in results if r.returncode != 0 or _unwanted(r.stderr)]
 
         baseline_url = setup.url.replace("postgresql+psycopg://", "postgresql://")
         _baseline_table(baseline_url)
         bare = [[PYTHON, str(BENCH_DIR / "baseline_launch.py"), baseline_url, str(i)]
                 for i in range(LAUNCHES)]
-        bare_wall, bare_results = _all_at_once(bare, setup)
+        bare_wall, bare_cpu, bare_results = _all_at_once(bare, setup)
         bare_failures = sum(r.returncode != 0 for r in bare_results)
 
         first = failures[0].stderr.strip().splitlines()[-1:] if failures else []
@@ -232,11 +233,16 @@ def launches(ctx: Context) -> Iterator[Row]:
                   note=("; ".join(first) or "no 'database is locked', no serialization error")
                   + "; baseline: the bare-driver script")
         yield Row(f"{LAUNCHES} concurrent starts: wall time", database, wall, bare_wall,
-                  note=(f"all {LAUNCHES} launched at once; baseline: {LAUNCHES} bare-driver "
-                        "scripts recording a run (2 transactions) at once"))
+                  note=(f"all {LAUNCHES} launched at once; CPU time of all {cpu:.1f}s vs "
+                        f"{bare_cpu:.1f}s on {os.cpu_count()} CPUs; baseline: {LAUNCHES} "
+                        "bare-driver scripts recording a run (2 transactions) at once"))
 
 
-def _all_at_once(argvs: list[list[str]], setup: _Setup) -> tuple[float, list[subprocess.CompletedProcess[str]]]:
+def _all_at_once(
+    argvs: list[list[str]], setup: _Setup
+) -> tuple[float, float, list[subprocess.CompletedProcess[str]]]:
+    """Start every command at once and wait for all: wall time, CPU time of them all, results."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with stopwatch() as elapsed:
         processes = [
             subprocess.Popen(argv, env=setup.env, cwd=setup.cwd, stdout=subprocess.DEVNULL,
@@ -247,7 +253,10 @@ def _all_at_once(argvs: list[list[str]], setup: _Setup) -> tuple[float, list[sub
         for argv, process in zip(argvs, processes):
             _, err = process.communicate(timeout=DEADLINE)
             results.append(subprocess.CompletedProcess(argv, process.returncode, "", err))
-        return elapsed(), results
+        wall = elapsed()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, results
 
 
 def _unwanted(stderr: str) -> bool:
