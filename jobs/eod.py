@@ -2,8 +2,8 @@
 
 Generates the day's journal entries (deterministically, from the date), posts them into a
 ledger table, and writes the day's balance per account. Every step is safe to restart: posting
-checkpoints its position in the entries file and inserts by entry id, so a restart neither
-loses nor doubles an entry.
+is a chunk step that checkpoints its position in the entries file after every chunk and upserts
+by entry id, so a restart neither loses nor doubles an entry.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from __future__ import annotations
 import csv
 import random
 import sqlite3
-from collections.abc import Iterator
 from contextlib import closing
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from batchctl import Job, Param, StepContext
+from batchctl.items import CsvReader, SqlWriter
 
 ACCOUNTS = ("cash", "receivables", "payables", "revenue", "expenses", "inventory", "equity")
 ENTRIES_PER_DAY = 5_000
@@ -26,6 +27,11 @@ job = Job(
     "eod",
     description="End-of-day accounting: post the day's entries, report balances",
     params={"date": date, "out_dir": Param(str, default="out", help="where files are written")},
+)
+
+LEDGER = (
+    "CREATE TABLE IF NOT EXISTS ledger (entry_id TEXT PRIMARY KEY, business_date TEXT,"
+    " account TEXT, amount_cents INTEGER)"
 )
 
 
@@ -51,43 +57,30 @@ def generate_entries(ctx: StepContext) -> None:
             amount = rng.randint(-500_000, 500_000)
             writer.writerow([f"{day:%Y%m%d}-{number:06d}", account, amount])
     partial.replace(entries)
+    _, ledger, _ = _paths(ctx)
+    with closing(sqlite3.connect(ledger)) as db, db:
+        db.execute(LEDGER)
     ctx.log.info("generated %d entries in %s", ENTRIES_PER_DAY, entries)
 
 
-@job.tasklet
-def post_entries(ctx: StepContext) -> Iterator[None]:
-    """Post the entries into the ledger, checkpointing after every batch."""
-    entries, ledger, _ = _paths(ctx)
-    with closing(sqlite3.connect(ledger)) as db:
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS ledger (entry_id TEXT PRIMARY KEY, business_date TEXT,"
-            " account TEXT, amount_cents INTEGER)"
-        )
-        with entries.open(newline="") as handle:
-            rows = csv.DictReader(handle)
-            done = ctx.state.get("posted", 0)
-            batch: list[tuple[str, str, str, int]] = []
-            for index, row in enumerate(rows):
-                if index < done:
-                    continue
-                batch.append((row["entry_id"], ctx.params["date"].isoformat(), row["account"],
-                              int(row["amount_cents"])))
-                if len(batch) == POST_BATCH:
-                    done = _post(db, batch, done)
-                    ctx.state["posted"] = done
-                    yield
-            if batch:
-                ctx.state["posted"] = _post(db, batch, done)
-                yield
-    ctx.log.info("posted %d entries", ctx.state.get("posted", 0))
+def _ledger_url(ctx: StepContext) -> str:
+    _, ledger, _ = _paths(ctx)
+    return f"sqlite:///{ledger}"
 
 
-def _post(db: sqlite3.Connection, batch: list[tuple[str, str, str, int]], done: int) -> int:
-    with db:
-        db.executemany("INSERT OR IGNORE INTO ledger VALUES (?, ?, ?, ?)", batch)
-    posted = done + len(batch)
-    batch.clear()
-    return posted
+@job.chunk(
+    reader=CsvReader("{out_dir}/entries-{date:%Y%m%d}.csv", types={"amount_cents": int}),
+    writer=SqlWriter("ledger", url=_ledger_url, mode="upsert", key="entry_id"),
+    size=POST_BATCH,
+)
+def post_entries(entry: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    """Post the entries into the ledger, a checkpoint after every chunk."""
+    return {
+        "entry_id": entry["entry_id"],
+        "business_date": ctx.params["date"].isoformat(),
+        "account": entry["account"],
+        "amount_cents": entry["amount_cents"],
+    }
 
 
 @job.tasklet
