@@ -25,6 +25,7 @@ from batchctl.model import JobExecution
 
 HIDDEN_COMMAND = "run-execution"
 LOG_FOLLOW_POLL = 0.2  # seconds between two looks at a followed log
+LOG_FINAL_WAIT = 2.0  # seconds `logs --follow` waits for an ended execution's process to exit
 
 
 def log_path_for(config: Config, execution: JobExecution) -> Path:
@@ -73,12 +74,24 @@ def read_log(batch: Any, execution_id: int, *, follow: bool = False) -> Iterator
                 yield text
             if not follow:
                 return
-            if not batch.execution(execution_id).status.is_live:
+            ended = batch.execution(execution_id)
+            if not ended.status.is_live:
+                _wait_for_exit(ended, deadline=time.monotonic() + LOG_FINAL_WAIT)
                 rest = log.read()
                 if rest:
                     yield rest
                 return
             time.sleep(LOG_FOLLOW_POLL)
+
+
+def _wait_for_exit(execution: JobExecution, *, deadline: float) -> None:
+    """Give an ended execution's process a moment to write its last lines and exit."""
+    import socket
+
+    if not execution.pid or execution.host != socket.gethostname():
+        return
+    while process_alive(execution.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def child_env(config: Config) -> dict[str, str]:

@@ -175,7 +175,7 @@ class Repository(PartitionQueries):
         except IntegrityError as exc:
             if "live" in str(exc.orig) or "job_execution.instance_id" in str(exc.orig):
                 raise AlreadyRunning(
-                    "this job instance already has a live execution (started by another process)"
+                    "this job instance is already running (started by another process)"
                 ) from exc
             raise
 
