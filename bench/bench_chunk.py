@@ -18,6 +18,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -35,7 +36,7 @@ RATIO = 1.10  # batchctl at most this factor of the loop's time
 MEMORY_SIZES = (250_000, 1_000_000)  # rows; peak memory at the larger within MEMORY_SLACK
 QUICK_MEMORY_SIZES = (50_000, 200_000)
 MEMORY_SLACK_MB = 8.0  # what "flat" allows between the two sizes (allocator noise)
-RUNS = 3  # interleaved runs per side and database (the best is reported)
+RUNS = 5  # interleaved runs per side and database (the best is reported, the median noted)
 QUICK_RUNS = 1
 
 ACCOUNTS = ("cash", "receivables", "payables", "revenue", "expenses", "inventory", "equity")
@@ -217,8 +218,9 @@ def chunk_throughput(ctx: Context) -> Iterator[Row]:
                     raise RuntimeError(f"{side} wrote {result['rows']} rows of {rows}")
                 times[side].append(result["seconds"])
         mine, loop = min(times["batchctl"]), min(times["loop"])
+        medians = statistics.median(times["batchctl"]) / statistics.median(times["loop"])
         note = (f"{rows:,} rows, chunk {CHUNK}: {rows / mine:,.0f} vs {rows / loop:,.0f} rows/s "
-                f"(best of {runs})")
+                f"(best of {runs}; ratio of medians {medians:.2f}x)")
         yield Row(f"CSV -> table, {rows:,} rows", database, mine, loop, within(RATIO), note=note)
 
         sizes = QUICK_MEMORY_SIZES if ctx.quick else MEMORY_SIZES

@@ -212,9 +212,30 @@ class CsvReader:
                 self._record += 1
                 return self._convert_one(row)
 
-    def read_chunk(self, size: int, on_error: Callable[[BaseException, Any, int | None], None]) -> list[Any] | None:
+    def read_chunk(
+        self, size: int, on_error: Callable[[BaseException, Any, int | None], None]
+    ) -> list[Any] | None:
         """Up to `size` records as items; None at the end. `on_error(error, raw, record)` gets
-        each record that does not parse or convert (and raises when it may not be skipped)."""
+        each record that does not parse or convert (and raises when it may not be skipped).
+
+        The records are converted as they are parsed, so that no list of raw records stays
+        alive (a thousand lists per chunk would wake the garbage collector every chunk). On any
+        error the chunk is read again from its start, record by record, to learn which failed.
+        """
+        start = self._file.tell()
+        try:
+            items = self._convert_all(itertools.islice(self._rows, size))
+        except Exception:  # a blank line, a bad record: again, one by one
+            self._file.seek(start)
+            return self._read_each(size, on_error)
+        if not items:
+            return None
+        self._record += len(items)
+        return items
+
+    def _read_each(
+        self, size: int, on_error: Callable[[BaseException, Any, int | None], None]
+    ) -> list[Any] | None:
         rows: list[list[str]] = []
         failures = 0
         while len(rows) + failures < size:
