@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import pytest
 
+from batchctl.errors import Refused
 from batchctl.model import Status
 from tests.integration.test_chunk_steps import sql
 
@@ -139,3 +140,30 @@ def test_write_retry_then_scan_with_a_file_writer_writes_each_item_once(batch, w
     [step] = batch.step_executions(execution.id)
     assert (step.write_count, step.write_skip_count, step.rollback_count) == (8, 1, 2)
     assert out.read_text().split() == [f'{{"n":{n}}}' for n in range(9) if n != 4]
+
+
+def test_a_failed_commit_ends_unknown_and_the_instance_waits_for_a_person(batch, write_job):
+    write_job("unsure", '''
+        import sqlalchemy
+        from sqlalchemy import event
+        from batchctl import Job
+
+        job = Job("unsure")
+
+        @job.after_chunk
+        def arm(ctx, step):
+            if step.commit_count == 2:
+                def fail(connection):
+                    event.remove(ctx.engine, "commit", fail)
+                    raise sqlalchemy.exc.OperationalError("COMMIT", None, Exception("connection lost"))
+                event.listen(ctx.engine, "commit", fail)
+
+        job.chunk_step("copy", reader=lambda ctx: range(30), writer=lambda items, ctx: None, size=5)
+    ''')
+    execution = batch.start("unsure", {})
+    assert execution.status == Status.UNKNOWN
+    assert "may or may not have been committed" in execution.exit_message
+    [step] = batch.step_executions(execution.id)
+    assert step.status == Status.UNKNOWN and step.commit_count == 2
+    with pytest.raises(Refused, match="abandon"):
+        batch.start("unsure", {})
