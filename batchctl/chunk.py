@@ -37,7 +37,6 @@ from batchctl.repository import Repository
 log = logging.getLogger("batchctl.chunk")
 
 BACKOFF_MAX = 60.0  # seconds: the longest wait between two attempts, however many retries
-STATE_KEYS = ("reader", "writer", "position", "skips")  # what the chunk loop keeps in ctx.state
 
 OnReadError = Callable[[BaseException, Any, "int | None"], None]
 

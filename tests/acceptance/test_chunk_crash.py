@@ -81,16 +81,17 @@ def hit(name, n=1):
 job = Job("crashy", params={"run": str})
 
 
+def on_commit(connection):
+    """Just before the COMMIT of a chunk (after its checkpoint UPDATE)."""
+    if STATE["in_commit"] and threading.get_ident() == STATE["chunk_thread"]:
+        STATE["in_commit"] = False
+        hit(STATE["step"] + ".commit")
+
+
 @job.before_step
 def watch_commits(ctx):
     STATE["step"] = ctx.step_name
     STATE["chunk_thread"] = threading.get_ident()
-
-    def on_commit(connection):
-        if STATE["in_commit"] and threading.get_ident() == STATE["chunk_thread"]:
-            STATE["in_commit"] = False
-            hit(STATE["step"] + ".commit")
-
     if not event.contains(ctx.engine, "commit", on_commit):
         event.listen(ctx.engine, "commit", on_commit)
 

@@ -40,7 +40,6 @@ def test_skip_limit_fails_the_step_and_counts_over_restarts(batch, write_job):
         from batchctl import Job
 
         job = Job("limited", params={"bad": str})
-        BAD = None
 
         @job.chunk(reader=lambda ctx: range(20), writer=lambda items, ctx: None, size=5,
                    skip=ValueError, skip_limit=2)
@@ -90,7 +89,7 @@ def test_retry_with_limit_and_backoff(batch, write_job):
     write_job("retried", '''
         from batchctl import Job
 
-        job = Job("retried", params={"failures": int, "limit": int})
+        job = Job("retried", params={"failures": int})
         seen = {}
 
         def flaky(n, ctx):
@@ -100,19 +99,16 @@ def test_retry_with_limit_and_backoff(batch, write_job):
                     raise TimeoutError("slow")
             return n
 
-        def make(limit):
-            return flaky
-
         job.chunk_step("work", reader=lambda ctx: range(6), writer=lambda items, ctx: None,
                        size=4, processor=flaky, retry=TimeoutError, retry_limit=2,
                        backoff=lambda attempt: 0.001 * attempt)
     ''')
-    ok = batch.start("retried", {"failures": 2, "limit": 2})
+    ok = batch.start("retried", {"failures": 2})
     assert ok.status == Status.COMPLETED, ok.exit_message
     [step] = batch.step_executions(ok.id)
     assert (step.write_count, step.process_skip_count) == (6, 0)
 
-    failed = batch.start("retried", {"failures": 3, "limit": 2})
+    failed = batch.start("retried", {"failures": 3})
     assert failed.status == Status.FAILED and "TimeoutError: slow" in failed.exit_message
 
 
