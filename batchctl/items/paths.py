@@ -1,4 +1,4 @@
-"""Paths and URLs as templates over the job params."""
+"""Paths and URLs as templates over the job params (and a partition's keys)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ PathTemplate = Union[str, "os.PathLike[str]", Callable[[Any], Union[str, "os.Pat
 
 
 def resolve_path(template: PathTemplate, ctx: Any) -> Path:
-    """`template` formatted with the job params (`"out/{date:%Y%m%d}.csv"`), or
-    `template(ctx)` when it is a function; `~` is expanded."""
+    """`template` formatted with the job params (`"out/{date:%Y%m%d}.csv"`) and, in a
+    partition, its context's keys; or `template(ctx)` when it is a function; `~` is expanded."""
     if callable(template):
         value: Any = template(ctx)
     elif isinstance(template, str):
-        value = format_template(template, ctx.params)
+        value = format_template(template, template_values(ctx))
     else:
         value = template
     return Path(os.path.expanduser(os.fspath(value)))
@@ -26,6 +26,11 @@ def resolve_path(template: PathTemplate, ctx: Any) -> Path:
 def resolve_url(url: str | Callable[[Any], str], ctx: Any) -> str:
     """A database URL as given (taken literally), or `url(ctx)` when it is a function."""
     return str(url(ctx)) if callable(url) else url
+
+
+def template_values(ctx: Any) -> dict[str, Any]:
+    """What templates and SQL binds may name: the job params, then the partition's keys."""
+    return {**ctx.params, **(getattr(ctx, "partition", None) or {})}
 
 
 def format_template(template: str, params: Mapping[str, Any]) -> str:

@@ -18,7 +18,7 @@ from operator import attrgetter, itemgetter
 from typing import Any, Callable, Mapping, Sequence
 
 from batchctl.errors import JobDefinitionError
-from batchctl.items.paths import resolve_url
+from batchctl.items.paths import resolve_url, template_values
 
 DEFAULT_PAGE_SIZE = 1000  # rows fetched per query by SqlReader (at least the chunk size)
 
@@ -61,7 +61,8 @@ class SqlReader:
     ```
 
     `key` is a column (or a tuple of columns) that is unique and not null in the result. A query
-    may name job params as `:name` binds; `params` gives others (a dict or `fn(ctx) -> dict`).
+    may name job params (and a partition's keys) as `:name` binds; `params` gives others (a dict
+    or `fn(ctx) -> dict`).
     Rows arrive as dicts keyed by column name.
     """
 
@@ -106,7 +107,8 @@ class SqlReader:
             source = f"({self.source}) AS batchctl_source"
             names = _BIND.findall(self.source)
         given = self.params(ctx) if callable(self.params) else dict(self.params or {})
-        self._binds = {name: ctx.params[name] for name in names if name in ctx.params}
+        values = template_values(ctx)
+        self._binds = {name: values[name] for name in names if name in values}
         self._binds.update(given)
         keys = ", ".join(preparer.quote(key) for key in self.keys)
         marks = ", ".join(f":batchctl_k{i}" for i in range(len(self.keys)))
