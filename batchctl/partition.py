@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from batchctl.errors import JobDefinitionError
 from batchctl.job import Step, StepContext
@@ -112,7 +112,13 @@ class PartitionedRun:
         return specs
 
     def _split(self) -> list[dict[str, Any]]:
-        contexts = list(self.settings.partitioner(self.ctx))
+        produced = self.settings.partitioner(self.ctx)
+        if isinstance(produced, (str, bytes, dict)) or not isinstance(produced, Iterable):
+            raise JobDefinitionError(
+                f"step {self.step.name}: a partitioner returns a list of dicts, "
+                f"not {type(produced).__name__}"
+            )
+        contexts = list(produced)
         for context in contexts:
             if not isinstance(context, dict):
                 raise JobDefinitionError(

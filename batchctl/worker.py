@@ -8,21 +8,24 @@ works; a partition whose worker stopped heartbeating is claimed again by another
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import socket
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Callable, Sequence
 
-from batchctl.errors import StaleExecution
-from batchctl.job import Job, StepContext
+from batchctl.errors import JobDefinitionError, StaleExecution
+from batchctl.job import Job, Step, StepContext
 from batchctl.model import JobExecution, Status, StepExecution, utcnow
 
 log = logging.getLogger("batchctl.worker")
 
 WORKER_POLL_INTERVAL = 2.0  # seconds an idle worker waits for new partitions (LISTEN wakes it sooner)
+IDLE_SLICE = 0.25  # seconds an idle worker waits at a time, so that it sees a shutdown request
 STOP_POLL_INTERVAL = 0.5  # seconds between two looks at whether the partition's job is stopping
 
 
@@ -90,13 +93,22 @@ class Worker:
                     elif self.exit_when_idle:
                         break
                     else:
-                        wait(self.poll_interval)
+                        self._idle(wait)
         finally:
             self.shutdown.set()
             beat.join()
             self.repository.retire_worker(self.id)
             log.info("worker %s stopped after %s partition(s)", self.id, self.partitions_run)
         return self.partitions_run
+
+    def _idle(self, wait: Callable[[float], bool]) -> None:
+        """Wait up to the poll interval for partitions: until notified of new ones, or told to
+        shut down (a signal does not interrupt a wait in the database driver)."""
+        deadline = time.monotonic() + self.poll_interval
+        while not self.shutdown.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or wait(min(left, IDLE_SLICE)):
+                return
 
     def _claim(self) -> StepExecution | None:
         assert self.id is not None
@@ -173,6 +185,11 @@ class PartitionRun:
         except Exception as exc:
             self._fail(f"could not load the partition's job: {type(exc).__name__}: {exc}")
             return
+        try:
+            step = own_items(step, self.partition.mode)
+        except JobDefinitionError as exc:
+            self._fail(str(exc))
+            return
         ctx = self._context(job, execution, params)
         log.info("partition %s of execution %s started", self.partition.name, execution.id)
         failure = call_listeners(job.listeners, "before_partition", ctx)
@@ -224,3 +241,36 @@ class PartitionRun:
         )
         log.error("partition %s failed: %s", self.partition.name, message)
 
+
+def own_items(step: Step, mode: str | None) -> Step:
+    """The step with a copy of its reader and writer for one partition.
+
+    Partitions in threads of one process run at once, and a reader or writer object keeps the
+    state of the one partition it reads or writes: each partition gets a copy of its own
+    (taken from the step's object, which is never opened itself). Where an object cannot be
+    copied, partitions that run one after another (processes, remote workers) share it; in
+    threads that is refused.
+    """
+    if step.chunk is None:
+        return step
+    chunk = step.chunk
+    reader = _own_item(step.name, "reader", chunk.reader, mode)
+    writer = _own_item(step.name, "writer", chunk.writer, mode)
+    if reader is chunk.reader and writer is chunk.writer:
+        return step
+    return replace(step, chunk=replace(chunk, reader=reader, writer=writer))
+
+
+def _own_item(step_name: str, role: str, item: Any, mode: str | None) -> Any:
+    if not callable(getattr(item, "read" if role == "reader" else "write", None)):
+        return item  # a function reader or writer keeps no state between partitions
+    try:
+        return copy.deepcopy(item)
+    except Exception as exc:
+        if mode == "thread":
+            raise JobDefinitionError(
+                f"step {step_name}: partitions in threads each need a copy of the {role}, and "
+                f"{type(item).__name__} cannot be copied ({type(exc).__name__}: {exc}); "
+                "use mode=\"process\" or give it a __deepcopy__"
+            ) from exc
+        return item

@@ -308,13 +308,17 @@ class PartitionQueries:
         ]
 
     @contextmanager
-    def partition_notifications(self) -> Iterator[Callable[[float], None]]:
+    def partition_notifications(self) -> Iterator[Callable[[float], bool]]:
         """A `wait(timeout)` that returns when partitions may be claimable: on Postgres when
-        LISTEN hears of new ones (or at the timeout), elsewhere at the timeout."""
+        LISTEN hears of new ones (True) or at the timeout (False), elsewhere at the timeout."""
         if self.dialect != "postgresql":
             import time
 
-            yield time.sleep
+            def sleep(timeout: float) -> bool:
+                time.sleep(timeout)
+                return False
+
+            yield sleep
             return
         raw = self.engine.raw_connection()  # type: ignore[attr-defined]
         try:
@@ -322,9 +326,10 @@ class PartitionQueries:
             driver.autocommit = True
             driver.execute(f"LISTEN {NOTIFY_CHANNEL}")
 
-            def wait(timeout: float) -> None:
+            def wait(timeout: float) -> bool:
                 for _ in driver.notifies(timeout=timeout, stop_after=1):
-                    break
+                    return True
+                return False
 
             yield wait
         finally:
