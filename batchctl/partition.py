@@ -104,6 +104,12 @@ class PartitionedRun:
         specs = []
         for index, context in enumerate(saved):
             previous = earlier.get(partition_name(self.step.name, index))
+            if previous is not None and previous.status.is_live:
+                # Its execution was lost, but a worker may still be running it: from now on
+                # that worker's checkpoints fail, so nothing is committed twice.
+                previous = self.repository.take_over_partition(
+                    previous, f"taken over by execution {self.ctx.execution_id}"
+                )
             if previous is not None and previous.status == Status.COMPLETED:
                 self.earlier_completed.append(previous)
                 continue

@@ -53,6 +53,8 @@ class PartitionQueries:
     _write: Callable[..., Any]
     _read: Callable[..., Any]
     dialect: str
+    update_step_execution: Callable[..., StepExecution]
+    step_execution: Callable[[int], StepExecution]
 
     # -- the owner's side -----------------------------------------------------------------------
 
@@ -124,6 +126,25 @@ class PartitionQueries:
                 ).rowcount
             )
         )
+
+    def take_over_partition(self, partition: StepExecution, message: str) -> StepExecution:
+        """Write: end a partition that an execution no longer running left live (FAILED, with
+        `message`), conditional on its version and re-read after a lost update. A worker still
+        running it fails its next checkpoint (a lost update) and commits nothing more. Returns
+        the partition as it ended, with the checkpoint a restart resumes from."""
+        current = partition
+        while current.status.is_live:
+            try:
+                return self.update_step_execution(
+                    current,
+                    status=Status.FAILED,
+                    exit_code=Status.FAILED.value,
+                    exit_message=message,
+                    ended_at=utcnow(),
+                )
+            except StaleExecution:
+                current = self.step_execution(current.id)
+        return current
 
     # -- the worker's side ----------------------------------------------------------------------
 

@@ -39,8 +39,8 @@ WORKER_ENV = {"BATCHCTL_HEARTBEAT_INTERVAL": "0.5", "BATCHCTL_HEARTBEAT_TIMEOUT"
 JOBS = '''
 """Partitioned jobs of the worker tests: partitions of `size` numbers each, written to a table
 of the repository's database through the chunk's transaction (exactly once). With `hold` >= 0
-the item at that offset of each partition (and every later one) waits until the file `gate`
-exists or the partition is asked to stop."""
+the item at that offset of each partition (and every later one) waits until the file `gate` (or
+`gate-<execution id>`) exists or, unless `stubborn`, the partition is asked to stop."""
 
 import os
 import time
@@ -63,7 +63,7 @@ def numbers(ctx):
 
 def define(name, mode, workers):
     job = Job(name, params={"partitions": int, "size": int, "delay": float,
-                            "hold": Param(int, default=-1)})
+                            "hold": Param(int, default=-1), "stubborn": Param(bool, default=False)})
 
     @job.before_partition
     def claimed(ctx):
@@ -83,7 +83,10 @@ def define(name, mode, workers):
     def load(n, ctx):
         time.sleep(ctx.params["delay"])
         if 0 <= ctx.params["hold"] <= n - ctx.partition["lo"]:
-            while not (WORK / "gate").exists() and not ctx.stop_requested:
+            gates = (WORK / "gate", WORK / f"gate-{ctx.execution_id}")
+            while not any(gate.exists() for gate in gates):
+                if ctx.stop_requested and not ctx.params["stubborn"]:
+                    break
                 time.sleep(0.01)
         return {"id": n, "pid": os.getpid()}
 
@@ -306,6 +309,69 @@ def test_sigterm_makes_a_worker_hand_its_partition_back_at_a_chunk_boundary_and_
     assert [r[0] for r in rows] == list(range(60))
     assert [i for i, pid in rows if pid == first.pid] == list(range(15))
     assert sigterm_all([second]) == [0]
+
+
+def test_a_restart_takes_over_a_partition_a_worker_of_the_lost_execution_still_runs(
+    postgres_fleet: Fleet,
+) -> None:
+    fleet = postgres_fleet
+    [old] = start_workers(fleet, 1)
+    # The partition commits items 0..9, then item 10 waits for its gate, deaf to stop requests
+    # (a slow call to another system, say).
+    params = {"partitions": 1, "size": 30, "delay": 0, "hold": 10, "stubborn": True}
+    lost_id = fleet.launch("remote", params)
+    wait_until(lambda: [p for p in fleet.partitions(lost_id) if p.commit_count == 2])
+    owner = fleet.execution(lost_id).pid
+    os.kill(owner, signal.SIGKILL)
+    wait_until(lambda: not process_alive(owner))
+    assert fleet.json("show", str(lost_id))["status"] == "FAILED"  # marked lost: pid gone
+
+    [new] = start_workers(fleet, 1)
+    restart_id = fleet.json("restart", str(lost_id), "--detach")["id"]
+    wait_until(lambda: ("load:0000", new.pid, 10) in fleet.claims())
+    # The old worker goes on first: its chunk (items 10..14) must not commit now that the
+    # partition resumes elsewhere; then the new one does the rest.
+    (fleet.work / f"gate-{lost_id}").touch()
+    wait_until(lambda: [w for w in fleet.live_workers() if w["pid"] == old.pid and not w["partition"]])
+    (fleet.work / f"gate-{restart_id}").touch()
+
+    finished = fleet.wait_for_status(restart_id)
+    assert finished.status == Status.COMPLETED, finished.exit_message
+    rows = fleet.rows("out_remote")
+    assert [r[0] for r in rows] == list(range(30))  # every item exactly once
+    assert [i for i, pid in rows if pid == old.pid] == list(range(10))
+    [taken] = fleet.partitions(lost_id)
+    assert taken.status == Status.FAILED and taken.context["position"] == 10
+    assert f"taken over by execution {restart_id}" in (taken.exit_message or "")
+    assert "partition load:0000 was taken over by another worker" in fleet.worker_log(old)
+    assert sigterm_all([old, new]) == [0, 0]
+
+
+def test_a_restart_takes_over_a_partition_an_orphaned_local_worker_still_runs(fleet: Fleet) -> None:
+    params = {"partitions": 1, "size": 30, "delay": 0, "hold": 10, "stubborn": True}
+    lost_id = fleet.launch("local", params)
+    wait_until(lambda: [p for p in fleet.partitions(lost_id) if p.commit_count == 2])
+    lost = fleet.execution(lost_id)
+    [orphan] = [p.pid for p in fleet.partitions(lost_id)]
+    os.kill(lost.pid, signal.SIGKILL)  # its local worker process lives on
+    wait_until(lambda: not process_alive(lost.pid))
+    assert fleet.json("show", str(lost_id))["status"] == "FAILED"
+
+    restart_id = fleet.json("restart", str(lost_id), "--detach")["id"]
+    wait_until(lambda: [c for c in fleet.claims() if c[1] != orphan and c[2] == 10])
+    (fleet.work / f"gate-{lost_id}").touch()
+    wait_until(lambda: not process_alive(orphan))
+    (fleet.work / f"gate-{restart_id}").touch()
+
+    finished = fleet.wait_for_status(restart_id)
+    assert finished.status == Status.COMPLETED, finished.exit_message
+    rows = fleet.rows("out_local")
+    assert [r[0] for r in rows] == list(range(30))  # every item exactly once
+    assert [i for i, pid in rows if pid == orphan] == list(range(10))
+    [taken] = fleet.partitions(lost_id)
+    assert taken.status == Status.FAILED and taken.context["position"] == 10
+    assert f"taken over by execution {restart_id}" in (taken.exit_message or "")
+    assert "partition load:0000 was taken over by another worker" in Path(lost.log_path).read_text()
 
 
 def test_an_idle_worker_is_woken_by_notify_and_exits_at_once_on_sigterm(postgres_fleet: Fleet) -> None:
