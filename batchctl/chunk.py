@@ -28,7 +28,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from batchctl.engine import Observers, call_listeners, _describe, _replace_status
+from batchctl.engine import Observers, describe_exception, run_with_step_listeners
 from batchctl.errors import BatchctlError, CommitUnknown, SkipLimitExceeded
 from batchctl.job import Step, StepContext, listener_calls
 from batchctl.model import STEP_COUNTERS, SkippedItem, Status, StepExecution
@@ -267,23 +267,16 @@ class ChunkRun:
 
     def run(self, listeners: list[Any]) -> tuple[Status, str]:
         self.listeners = listeners
-        failure = call_listeners(listeners, "before_step", self.ctx)
-        if failure is not None:
-            return Status.FAILED, f"before_step failed: {failure}"
+        return run_with_step_listeners(listeners, self.ctx, self._outcome, lambda: self.step_execution)
+
+    def _outcome(self) -> tuple[Status, str]:
         try:
             status = self._execute()
-            message = "stopped after a chunk" if status == Status.STOPPED else ""
-        except KeyboardInterrupt:
-            status, message = Status.STOPPED, "interrupted"
         except _ChunkFailed as failed:
-            status, message = self._failed(failed.__cause__ or failed)
+            return self._failed(failed.__cause__ or failed)
         except Exception as exc:
-            status, message = self._failed(exc)
-        snapshot = _replace_status(self.step_execution, status, message)
-        failure = call_listeners(listeners, "after_step", self.ctx, snapshot)
-        if failure is not None and status == Status.COMPLETED:
-            return Status.FAILED, f"after_step failed: {failure}"
-        return status, message
+            return self._failed(exc)
+        return status, "stopped after a chunk" if status == Status.STOPPED else ""
 
     def _failed(self, exc: BaseException) -> tuple[Status, str]:
         status = Status.UNKNOWN if isinstance(exc, CommitUnknown) else Status.FAILED
@@ -296,7 +289,7 @@ class ChunkRun:
                 )
         except Exception:
             log.warning("could not record the rollbacks of step %s", self.step.name, exc_info=True)
-        return status, _describe(exc)
+        return status, describe_exception(exc)
 
     # -- chunks ------------------------------------------------------------------------------
 

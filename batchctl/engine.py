@@ -181,7 +181,7 @@ class _JobRun:
         try:
             params = self.job.convert_params(started.params)
         except Exception as exc:
-            return self._finish(Status.FAILED, _describe(exc))
+            return self._finish(Status.FAILED, describe_exception(exc))
         job_context = dict(started.context)
         failure = call_listeners(self.job.listeners, "before_job", started)
         if failure is not None:
@@ -280,21 +280,14 @@ class _TaskletRun:
         self.observers = observers
 
     def run(self, listeners: list[Any]) -> tuple[Status, str]:
-        failure = call_listeners(listeners, "before_step", self.ctx)
-        if failure is not None:
-            return Status.FAILED, f"before_step failed: {failure}"
+        return run_with_step_listeners(listeners, self.ctx, self._outcome, lambda: self.step_execution)
+
+    def _outcome(self) -> tuple[Status, str]:
         try:
             status = self._execute()
-            message = "stopped at a checkpoint" if status == Status.STOPPED else ""
-        except KeyboardInterrupt:
-            status, message = Status.STOPPED, "interrupted"
         except Exception as exc:
-            status, message = Status.FAILED, _describe(exc)
-        snapshot = _replace_status(self.step_execution, status, message)
-        failure = call_listeners(listeners, "after_step", self.ctx, snapshot)
-        if failure is not None and status == Status.COMPLETED:
-            return Status.FAILED, f"after_step failed: {failure}"
-        return status, message
+            return Status.FAILED, describe_exception(exc)
+        return status, "stopped at a checkpoint" if status == Status.STOPPED else ""
 
     def _execute(self) -> Status:
         if not self.step.is_generator:
@@ -370,8 +363,26 @@ def _step_outcome(step: StepExecution) -> str:
     return f"{outcome}: {step.exit_message}" if step.exit_message else outcome
 
 
-def _replace_status(step: StepExecution, status: Status, message: str) -> StepExecution:
-    return replace(step, status=status, exit_code=status.value, exit_message=message or None)
+def run_with_step_listeners(
+    listeners: list[Any],
+    ctx: StepContext,
+    outcome: Callable[[], tuple[Status, str]],
+    current: Callable[[], StepExecution],
+) -> tuple[Status, str]:
+    """A step runner's frame: `before_step`, the step's `outcome()`, then `after_step` with the
+    step execution as it ends. A failing listener fails the step; a second Ctrl-C stops it."""
+    failure = call_listeners(listeners, "before_step", ctx)
+    if failure is not None:
+        return Status.FAILED, f"before_step failed: {failure}"
+    try:
+        status, message = outcome()
+    except KeyboardInterrupt:
+        status, message = Status.STOPPED, "interrupted"
+    snapshot = replace(current(), status=status, exit_code=status.value, exit_message=message or None)
+    failure = call_listeners(listeners, "after_step", ctx, snapshot)
+    if failure is not None and status == Status.COMPLETED:
+        return Status.FAILED, f"after_step failed: {failure}"
+    return status, message
 
 
 def call_listeners(listeners: list[Any], method: str, *args: Any) -> str | None:
@@ -380,11 +391,11 @@ def call_listeners(listeners: list[Any], method: str, *args: Any) -> str | None:
         try:
             call(*args)
         except Exception as exc:
-            return _describe(exc)
+            return describe_exception(exc)
     return None
 
 
-def _describe(exc: BaseException) -> str:
+def describe_exception(exc: BaseException) -> str:
     """The exception's one-line summary, then its traceback."""
     summary = f"{type(exc).__name__}: {exc}"
     trace = "".join(traceback.format_exception(exc))

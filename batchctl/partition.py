@@ -57,11 +57,11 @@ class PartitionedRun:
         self.earlier_completed: list[StepExecution] = []
 
     def run(self, listeners: list[Any]) -> tuple[Status, str]:
-        from batchctl.engine import call_listeners
+        from batchctl.engine import run_with_step_listeners
 
-        failure = call_listeners(listeners, "before_step", self.ctx)
-        if failure is not None:
-            return Status.FAILED, f"before_step failed: {failure}"
+        return run_with_step_listeners(listeners, self.ctx, self._outcome, lambda: self.step_execution)
+
+    def _outcome(self) -> tuple[Status, str]:
         try:
             specs = self._specs()
         except Exception as exc:
@@ -80,10 +80,7 @@ class PartitionedRun:
             try:
                 self.settings.after_partitions(self.ctx, every)
             except Exception as exc:
-                status, message = Status.FAILED, f"after_partitions failed: {type(exc).__name__}: {exc}"
-        failure = call_listeners(listeners, "after_step", self.ctx, self.step_execution)
-        if failure is not None and status == Status.COMPLETED:
-            return Status.FAILED, f"after_step failed: {failure}"
+                return Status.FAILED, f"after_partitions failed: {type(exc).__name__}: {exc}"
         return status, message
 
     # -- partitions -----------------------------------------------------------------------------
