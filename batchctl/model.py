@@ -141,9 +141,6 @@ STEP_COUNTERS = (
 )
 
 
-PARTITION_FIELDS = ("partition_of", "partition_index", "partition", "mode", "worker_id", "host", "pid")
-
-
 @dataclass
 class StepExecution:
     """One attempt to run one step inside one job execution."""

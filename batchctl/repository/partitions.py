@@ -311,22 +311,10 @@ class PartitionQueries:
             .where(worker.c.stopped_at.is_(None), worker.c.heartbeat_at >= alive_after)
             .order_by(worker.c.id)
         )
+        from batchctl.repository.store import from_row
+
         rows = self._read(lambda connection: connection.execute(query).all())
-        return [
-            WorkerInfo(
-                id=row.id,
-                host=row.host,
-                pid=row.pid,
-                kind=row.kind,
-                started_at=row.started_at,
-                heartbeat_at=row.heartbeat_at,
-                step_execution_id=row.step_execution_id,
-                partition_name=row.partition_name,
-                execution_id=row.execution_id,
-                job_name=row.job_name,
-            )
-            for row in rows
-        ]
+        return [from_row(WorkerInfo, row) for row in rows]
 
     @contextmanager
     def partition_notifications(self) -> Iterator[Callable[[float], bool]]:

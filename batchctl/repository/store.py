@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import date, datetime
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from sqlalchemy import Connection, Engine, Row, and_, func, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -21,7 +21,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from batchctl.errors import AlreadyRunning, CommitUnknown, StaleExecution, UnknownExecution
 from batchctl.model import (
     LIVE_STATUSES,
-    PARTITION_FIELDS,
     STEP_COUNTERS,
     JobExecution,
     SkippedItem,
@@ -427,19 +426,7 @@ class Repository(PartitionQueries):
             .order_by(skipped_item.c.id)
         )
         rows = self._read(lambda connection: connection.execute(query).all())
-        return [
-            SkippedItem(
-                id=row.id,
-                step_execution_id=row.step_execution_id,
-                step_name=row.step_name,
-                phase=row.phase,
-                position=row.position,
-                item=row.item,
-                error=row.error,
-                created_at=row.created_at,
-            )
-            for row in rows
-        ]
+        return [from_row(SkippedItem, row) for row in rows]
 
     def execution(self, execution_id: int) -> JobExecution:
         """Read: one execution; UnknownExecution if there is none."""
@@ -585,43 +572,23 @@ def _dialect_insert(connection: Connection) -> Any:
     return insert(job_instance)
 
 
+T = TypeVar("T")
+
+
+def from_row(cls: type[T], row: Row[Any], **overrides: Any) -> T:
+    """A domain dataclass from a row whose columns are named as its fields."""
+    mapping = row._mapping
+    values = {f.name: mapping[f.name] for f in fields(cls) if f.init and f.name in mapping}  # type: ignore[arg-type]
+    values.update(overrides)
+    return cls(**values)
+
+
 def _execution(row: Row[Any]) -> JobExecution:
-    return JobExecution(
-        id=row.id,
-        instance_id=row.instance_id,
-        job_name=row.job_name,
-        params=row.params,
-        status=Status(row.status),
-        version=row.version,
-        exit_code=row.exit_code,
-        exit_message=row.exit_message,
-        created_at=row.created_at,
-        started_at=row.started_at,
-        ended_at=row.ended_at,
-        heartbeat_at=row.heartbeat_at,
-        host=row.host,
-        pid=row.pid,
-        context=row.context,
-        resumed_from=row.resumed_from,
-        log_path=row.log_path,
-    )
+    return from_row(JobExecution, row, status=Status(row.status))
 
 
 def _step_execution(row: Row[Any]) -> StepExecution:
-    return StepExecution(
-        id=row.id,
-        job_execution_id=row.job_execution_id,
-        name=row.name,
-        status=Status(row.status),
-        version=row.version,
-        exit_code=row.exit_code,
-        exit_message=row.exit_message,
-        started_at=row.started_at,
-        ended_at=row.ended_at,
-        context=row.context,
-        **{name: getattr(row, name) for name in STEP_COUNTERS},
-        **{name: getattr(row, name) for name in PARTITION_FIELDS},
-    )
+    return from_row(StepExecution, row, status=Status(row.status))
 
 
 def _skip_row(skipped: SkippedItem) -> dict[str, Any]:
