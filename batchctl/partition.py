@@ -29,6 +29,7 @@ log = logging.getLogger("batchctl.engine")
 PARTITION_POLL_INTERVAL = 0.2  # seconds between two looks at the partitions' statuses
 LOCAL_WORKER_RESPAWNS = 2  # extra local worker processes started, per worker, after crashes
 REMOTE_WAIT_LOG_INTERVAL = 30.0  # seconds between two "waiting for workers" log lines
+THREAD_CONNECTIONS = 3  # connections a worker thread may use at once: its chunk step's, a read, a heartbeat
 
 
 class PartitionedRun:
@@ -187,9 +188,10 @@ class PartitionedRun:
     def _threads(self) -> Iterator[Any]:
         from batchctl.worker import ClaimFilter, Worker
 
+        repository = self._thread_repository()
         workers = [
             Worker(
-                self.repository,
+                repository,
                 lambda name: self.job,
                 kind="thread",
                 claims=ClaimFilter(execution_id=self.ctx.execution_id, step_name=self.step.name),
@@ -200,18 +202,41 @@ class PartitionedRun:
             for _ in range(self.settings.workers)
         ]
         threads = [
-            threading.Thread(target=worker.run, name=f"batchctl-partition-{i}", daemon=True)
+            threading.Thread(target=_logged(worker.run), name=f"batchctl-partition-{i}", daemon=True)
             for i, worker in enumerate(workers)
         ]
         for thread in threads:
             thread.start()
+
+        def supervise(partitions: list[StepExecution]) -> None:
+            """With every worker thread ended (on an error), nothing would run what is left."""
+            if not any(thread.is_alive() for thread in threads):
+                _fail_waiting(self.repository, partitions, "its worker threads ended on an error")
+
         try:
-            yield lambda partitions: None
+            yield supervise
         finally:
             for worker in workers:
                 worker.request_shutdown()
             for thread in threads:
                 thread.join()
+            if repository is not self.repository:
+                repository.close()
+
+    def _thread_repository(self) -> Any:
+        """Worker threads each hold a connection while they run a chunk step and take others
+        to read and heartbeat: a repository of their own, its pool sized for them, so that they
+        never wait for one another's connections (nor starve the job's heartbeat)."""
+        from batchctl.repository import Repository
+        from batchctl.repository.connect import create_repository_engine
+
+        if self.repository.dialect == "sqlite" and self.repository.engine.url.database in (
+            None, "", ":memory:"
+        ):
+            return self.repository  # an in-memory database lives in its engine only
+        size = THREAD_CONNECTIONS * self.settings.workers + 2
+        engine = create_repository_engine(self.repository.url, pool_size=size)
+        return Repository(engine, self.repository.url)
 
     @contextmanager
     def _processes(self) -> Iterator[Any]:
@@ -266,17 +291,7 @@ class _LocalProcesses:
             self.respawns_left -= 1
             self.processes.append(self._spawn())
             return
-        for partition in waiting:
-            try:
-                self.run.repository.update_step_execution(
-                    partition,
-                    status=Status.FAILED,
-                    exit_code=Status.FAILED.value,
-                    exit_message="its local worker processes kept dying",
-                    ended_at=utcnow(),
-                )
-            except Exception:
-                log.warning("could not fail partition %s", partition.name, exc_info=True)
+        _fail_waiting(self.run.repository, waiting, "its local worker processes kept dying")
 
     def close(self) -> None:
         for process in self.processes:
@@ -288,6 +303,36 @@ class _LocalProcesses:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _fail_waiting(repository: Any, partitions: list[StepExecution], message: str) -> None:
+    """Fail the partitions still live, each only if unchanged since it was read (one that a
+    worker has just ended keeps its outcome)."""
+    for partition in partitions:
+        if not partition.status.is_live:
+            continue
+        try:
+            repository.update_step_execution(
+                partition,
+                status=Status.FAILED,
+                exit_code=Status.FAILED.value,
+                exit_message=message,
+                ended_at=utcnow(),
+            )
+        except Exception:
+            log.warning("could not fail partition %s", partition.name, exc_info=True)
+
+
+def _logged(run: Any) -> Any:
+    """A worker thread's target: an error that ends it goes to the log, not to stderr."""
+
+    def target() -> None:
+        try:
+            run()
+        except Exception:
+            log.exception("a worker thread ended on an error")
+
+    return target
 
 
 def _summed(partitions: list[StepExecution]) -> dict[str, int]:

@@ -85,21 +85,28 @@ class Worker:
         beat = threading.Thread(target=self._heartbeat, name=f"batchctl-worker-{self.id}", daemon=True)
         beat.start()
         try:
-            with self.repository.partition_notifications() as wait:
-                while not self.shutdown.is_set():
-                    partition = self._claim()
-                    if partition is not None:
-                        self._run_partition(partition)
-                    elif self.exit_when_idle:
-                        break
-                    else:
-                        self._idle(wait)
+            if self.exit_when_idle:  # never waits: no LISTEN connection held for nothing
+                while not self.shutdown.is_set() and self._claim_and_run():
+                    pass
+            else:
+                with self.repository.partition_notifications() as wait:
+                    while not self.shutdown.is_set():
+                        if not self._claim_and_run():
+                            self._idle(wait)
         finally:
             self.shutdown.set()
             beat.join()
             self.repository.retire_worker(self.id)
             log.info("worker %s stopped after %s partition(s)", self.id, self.partitions_run)
         return self.partitions_run
+
+    def _claim_and_run(self) -> bool:
+        """Claim a partition and run it; False when there was none to claim."""
+        partition = self._claim()
+        if partition is None:
+            return False
+        self._run_partition(partition)
+        return True
 
     def _idle(self, wait: Callable[[float], bool]) -> None:
         """Wait up to the poll interval for partitions: until notified of new ones, or told to

@@ -26,8 +26,10 @@ READ_ONLY = "batchctl_read_only"  # execution option: begin a deferred (read) tr
 T = TypeVar("T")
 
 
-def create_repository_engine(url: str) -> Engine:
-    """An engine for the repository URL; `postgresql://` means psycopg 3."""
+def create_repository_engine(url: str, *, pool_size: int | None = None) -> Engine:
+    """An engine for the repository URL; `postgresql://` means psycopg 3. `pool_size`: the
+    connections its pool keeps (SQLAlchemy's default, 5, unless given), plus 10 more at need."""
+    pool = {"pool_size": pool_size} if pool_size else {}
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -36,17 +38,17 @@ def create_repository_engine(url: str) -> Engine:
         parsed = parsed.set(drivername="postgresql+psycopg")
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engine(parsed)
+        return _sqlite_engine(parsed, pool)
     if backend == "postgresql":
         try:
-            return create_engine(parsed, pool_pre_ping=True)
+            return create_engine(parsed, pool_pre_ping=True, **pool)
         except Exception as exc:  # a missing driver or a bad option
             raise ConfigError(f"cannot use {mask_url(url)}: {exc}") from None
     raise ConfigError(f"unsupported database {backend!r} in {mask_url(url)}: use sqlite or postgresql")
 
 
-def _sqlite_engine(url: Any) -> Engine:
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+def _sqlite_engine(url: Any, pool: dict[str, Any]) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **pool)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -607,3 +607,68 @@ def test_a_failed_after_partitions_is_retried_on_restart_without_rerunning_parti
     assert len(runs(tmp_path)) == 5  # no partition ran again
     assert partitions(batch, restarted.id, "square") == []
     assert merged.read_text() == " ".join(f"square:{i:04d}={i * i}" for i in range(5))
+
+
+# -- many threads -------------------------------------------------------------------------------------
+
+
+def test_sixteen_worker_threads_reading_and_writing_the_repository_database_do_not_starve(
+    batch: Batch, write_job: Any
+) -> None:
+    """Each thread holds its chunk step's connection and takes more to read: with more threads
+    than the default pool (5 + 10) they waited for one another until the pool timed out."""
+    sql(batch, "CREATE TABLE src (id INTEGER PRIMARY KEY)")
+    sql(batch, "INSERT INTO src (id) VALUES " + ", ".join(f"({i})" for i in range(320)))
+    sql(batch, "CREATE TABLE dst (id INTEGER PRIMARY KEY)")
+    write_job("many", '''
+        import time
+        from batchctl import Job
+        from batchctl.items import SqlReader, SqlWriter
+
+        job = Job("many")
+
+        def sixteen(ctx):
+            return [{"lo": i * 20, "hi": (i + 1) * 20} for i in range(16)]
+
+        def slowly(row, ctx):
+            time.sleep(0.01)
+            return row
+
+        job.chunk_step(
+            "copy",
+            reader=SqlReader("SELECT id FROM src WHERE id >= :lo AND id < :hi", key="id",
+                             params=lambda ctx: ctx.partition, page_size=5),
+            writer=SqlWriter("dst"), processor=slowly, size=5,
+            partitioner=sixteen, workers=16, mode="thread",
+        )
+    ''')
+    execution = batch.start("many", {})
+    assert execution.status == Status.COMPLETED, execution.exit_message
+    parts = partitions(batch, execution.id, "copy")
+    assert len(parts) == 16 and {p.read_count for p in parts} == {20}
+    assert [row[0] for row in sql(batch, "SELECT id FROM dst ORDER BY id")] == list(range(320))
+
+
+def test_when_every_worker_thread_ends_on_an_error_the_step_fails_instead_of_waiting(
+    batch: Batch, write_job: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchctl.worker import Worker
+
+    def broken(self: Worker) -> bool:
+        raise RuntimeError("the claim query failed")
+
+    monkeypatch.setattr(Worker, "_claim_and_run", broken)
+    write_job("orphaned", '''
+        from batchctl import Job
+
+        job = Job("orphaned")
+
+        @job.tasklet(partitioner=lambda ctx: [{"n": 1}, {"n": 2}], workers=2, mode="thread")
+        def work(ctx):
+            pass
+    ''')
+    execution = batch.start("orphaned", {})
+    assert execution.status == Status.FAILED
+    assert "0 of 2 partitions completed; work:0000 failed: its worker threads ended on an error" in (
+        execution.exit_message
+    )
