@@ -236,8 +236,16 @@ def test_three_workers_share_the_partitions_and_none_is_claimed_twice(postgres_f
     assert [r[0] for r in rows] == list(range(360))
     assert {r[1] for r in rows} == {p for p in by_worker if by_worker[p]}
 
+    table = fleet.run("workers", env=WORKER_ENV)
+    assert table.returncode == 0, describe(table)
+    for pid in pids:  # idle now
+        [line] = [line for line in table.stdout.splitlines() if f" {pid} " in line]
+        assert "remote" in line and line.rstrip().endswith("idle")
+
     assert sigterm_all(workers) == [0, 0, 0]
     assert fleet.live_workers() == []
+    nobody = fleet.run("workers")
+    assert nobody.returncode == 0 and nobody.stdout == "" and "no live workers" in nobody.stderr
 
 
 def test_a_killed_workers_partition_is_claimed_again_and_resumes_from_its_checkpoint(
