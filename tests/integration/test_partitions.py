@@ -146,14 +146,16 @@ flaky_process = define("process")
 flaky_thread = define("thread")
 '''
 
-# Six partitions of slow items on three workers: a stop meets three running partitions and
-# three that no worker has claimed.
+# Six partitions on three workers: a stop meets three running partitions, each holding at its
+# item 10 until the stop (or the file `gate`) lets it go, and three that no worker claimed.
 SLOW = '''
 import time
+from pathlib import Path
 
 from batchctl import Job
 from batchctl.items import SqlWriter
 
+WORK = Path({work!r})
 PER_PARTITION = 200
 
 
@@ -171,7 +173,9 @@ def define(mode):
     @job.chunk(reader=numbers, writer=SqlWriter(f"out_{{mode}}"), size=5, partitioner=six,
                workers=3, mode=mode)
     def load(n, ctx):
-        time.sleep(0.01)
+        if n - ctx.partition["lo"] >= 10:
+            while not (WORK / "gate").exists() and not ctx.stop_requested:
+                time.sleep(0.01)
         return {{"id": n}}
 
     return job
@@ -311,21 +315,22 @@ def test_a_restart_after_one_partition_failed_reruns_only_that_one_from_its_chec
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_stop_reaches_every_running_partition_and_a_restart_does_each_item_once(
-    batch: Batch, other: Batch, write_job: Any, in_thread: Callable[..., Any], mode: str
+    batch: Batch, other: Batch, write_job: Any, in_thread: Callable[..., Any], tmp_path: Path,
+    mode: str,
 ) -> None:
     sql(batch, f"CREATE TABLE out_{mode} (id INTEGER PRIMARY KEY)")
-    write_job("slow", SLOW.format())
+    write_job("slow", SLOW.format(work=str(tmp_path)))
     running = in_thread(batch.start, f"slow_{mode}", {})
 
-    def three_running() -> Any:
+    def three_holding() -> Any:
         latest = other.history(f"slow_{mode}")
         if not latest:
             return None
         parts = partitions(other, latest[0].id, "load")
-        busy = [p for p in parts if p.status == Status.STARTED and p.commit_count >= 1]
+        busy = [p for p in parts if p.status == Status.STARTED and p.commit_count == 2]
         return latest[0] if len(busy) == 3 else None
 
-    execution = wait_for(three_running, timeout=DEADLINE)
+    execution = wait_for(three_holding, timeout=DEADLINE)
     assert other.stop(execution.id).status == Status.STOPPING
     stopped = running.result(timeout=DEADLINE)
     assert stopped.status == Status.STOPPED, stopped.exit_message
@@ -335,16 +340,17 @@ def test_a_stop_reaches_every_running_partition_and_a_restart_does_each_item_onc
     started = [p for p in parts if p.commit_count > 0]
     unclaimed = [p for p in parts if p.commit_count == 0]
     assert len(started) == 3 and len(unclaimed) == 3
-    assert all(p.exit_message == "stopped after a chunk" for p in started)
+    for part in started:  # each finished the chunk it was in (items 10..14), then stopped
+        assert (part.exit_message, part.context["position"]) == ("stopped after a chunk", 15)
     assert all(p.exit_message == "stopped before it started" for p in unclaimed)
-    done_before = sql(batch, f"SELECT count(*) FROM out_{mode}")[0][0]
-    assert done_before == sum(p.write_count for p in parts) < 1200
+    assert sql(batch, f"SELECT count(*) FROM out_{mode}")[0][0] == 45
 
+    (tmp_path / "gate").touch()
     restarted = batch.restart(stopped.id)
     assert restarted.status == Status.COMPLETED, restarted.exit_message
     again = partitions(batch, restarted.id, "load")
     assert len(again) == 6  # none had completed
-    assert sum(p.read_count for p in parts) + sum(p.read_count for p in again) == 1200
+    assert sorted(p.read_count for p in again) == [185] * 3 + [200] * 3
     ids = [row[0] for row in sql(batch, f"SELECT id FROM out_{mode} ORDER BY id")]
     assert ids == list(range(1200))
 
