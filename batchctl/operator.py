@@ -271,6 +271,7 @@ class Batch:
         previous = self.resolve(target)
         found = self.job(previous.job_name)
         self._check_partition_modes(found)
+        self.recover_lost(previous.job_name)  # a lost execution restarts at once, as on start
         execution = self.repository.create_execution_of_instance(
             previous.instance_id,
             restart_rule,

@@ -363,9 +363,10 @@ def test_a_restart_takes_over_a_partition_an_orphaned_local_worker_still_runs(fl
     [orphan] = [p.pid for p in fleet.partitions(lost_id)]
     os.kill(lost.pid, signal.SIGKILL)  # its local worker process lives on
     wait_until(lambda: not process_alive(lost.pid))
-    assert fleet.json("show", str(lost_id))["status"] == "FAILED"
 
+    # The restart itself finds the execution lost (its pid is gone) and marks it FAILED.
     restart_id = fleet.json("restart", str(lost_id), "--detach")["id"]
+    assert fleet.execution(lost_id).status == Status.FAILED
     wait_until(lambda: [c for c in fleet.claims() if c[1] != orphan and c[2] == 10])
     (fleet.work / f"gate-{lost_id}").touch()
     wait_until(lambda: not process_alive(orphan))
