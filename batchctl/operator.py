@@ -466,12 +466,6 @@ class Batch:
             claims = ClaimFilter(mode="remote", job_names=sorted(self.registry.jobs))
             kind = "remote"
         else:
-            if self._repository is None:
-                # The job's own process created the schema moments ago: skip the check, which
-                # costs a local worker's start-up more than a tenth of a second on Postgres.
-                from batchctl.repository import Repository
-
-                self._repository = Repository.open(self.config.database_url, migrate=False)
             claims = ClaimFilter(execution_id=execution_id, step_name=step_name)
             kind = "process"
         worker = Worker(
