@@ -363,7 +363,3 @@ def instance_key(params: Mapping[str, Any]) -> str:
     """The job instance key: sha256 of the canonical JSON of the converted params."""
     return hashlib.sha256(canonical_json(params).encode("utf-8")).hexdigest()
 
-
-def params_from_json(declared: Mapping[str, Param], stored: Mapping[str, Any]) -> dict[str, Any]:
-    """Typed params from their stored JSON form (the converse of `params_to_json`)."""
-    return convert_params(declared, stored)
