@@ -10,7 +10,15 @@ from batchctl.repository.tables import metadata
 MIGRATION_LOCK_KEY = 0x62617463  # pg advisory lock id: one migrating process at a time
 
 connection = context.config.attributes["connection"]
-context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+# All migrations in one transaction, SQLite included (Alembic would otherwise commit its DDL
+# piecemeal there): its BEGIN IMMEDIATE then makes concurrent first uses migrate one at a time,
+# each reading the schema's revision only once it holds the lock.
+context.configure(
+    connection=connection,
+    target_metadata=metadata,
+    render_as_batch=True,
+    transactional_ddl=True,
+)
 
 with context.begin_transaction():
     if connection.dialect.name == "postgresql":
