@@ -23,13 +23,15 @@ restarts of the step, since the count is kept in the checkpoint.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import time
 from typing import Any, Callable
 
 from batchctl.engine import Observers, describe_exception, run_with_step_listeners
-from batchctl.errors import BatchctlError, CommitUnknown, SkipLimitExceeded
+from batchctl.errors import FENCED, BatchctlError, CommitUnknown, SkipLimitExceeded
+from batchctl.host import describe_exit
 from batchctl.job import Step, StepContext, listener_calls
 from batchctl.model import STEP_COUNTERS, SkippedItem, Status, StepExecution
 from batchctl.repository import Repository
@@ -90,7 +92,11 @@ class _FunctionReader:
 
 class _ObjectReader:
     """An object with `open(ctx, state)`, `read()` (None at the end), `state()`, `close()`;
-    `read_chunk(size, on_error)` when it has one (the built-in readers do: it is faster)."""
+    `read_chunk(size, on_error)` when it has one (the built-in readers do: it is faster).
+
+    A reader without `state()` cannot seek: on restart it is read past the records already
+    committed, as a function reader is, never silently from its first item again.
+    """
 
     def __init__(self, reader: Any, ctx: StepContext, state: Any, position: int) -> None:
         self.reader = reader
@@ -100,10 +106,23 @@ class _ObjectReader:
             opener(ctx, dict(state or {}))
         total = getattr(reader, "total", None)
         self.total = total() if callable(total) else None
+        self._ended = False
+        if not callable(getattr(reader, "state", None)) and position:
+            self._read_past(position)
         fast = getattr(reader, "read_chunk", None)
         if fast is not None:
             self.read_chunk = fast  # type: ignore[method-assign]
-        self._ended = False
+
+    def _read_past(self, committed: int) -> None:
+        """Consume the `committed` records (failed reads included) a stateless reader gave
+        before the restart."""
+        for _ in range(committed):
+            try:
+                if self.reader.read() is None:
+                    self._ended = True
+                    return
+            except Exception:
+                continue
 
     def read_chunk(self, size: int, on_error: OnReadError) -> list[Any] | None:
         if self._ended:
@@ -273,12 +292,22 @@ class ChunkRun:
         try:
             status = self._execute()
         except _ChunkFailed as failed:
-            return self._failed(failed.__cause__ or failed)
+            cause = failed.__cause__ or failed
+            if isinstance(cause, FENCED):
+                raise cause from None
+            return self._failed(cause)
+        except FENCED:
+            raise
+        except SystemExit as exc:
+            return self._failed(exc, describe_exit(exc))
         except Exception as exc:
             return self._failed(exc)
         return status, "stopped after a chunk" if status == Status.STOPPED else ""
 
-    def _failed(self, exc: BaseException) -> tuple[Status, str]:
+    def _failed(self, exc: BaseException, message: str | None = None) -> tuple[Status, str]:
+        """The step failed: back to the last committed state (what a processor changed in the
+        chunk that rolled back is gone), and the rollbacks recorded."""
+        self.ctx.state = copy.deepcopy(self.step_execution.context)
         status = Status.UNKNOWN if isinstance(exc, CommitUnknown) else Status.FAILED
         try:
             if status == Status.UNKNOWN:  # the checkpoint may have committed: learn its version
@@ -289,7 +318,7 @@ class ChunkRun:
                 )
         except Exception:
             log.warning("could not record the rollbacks of step %s", self.step.name, exc_info=True)
-        return status, describe_exception(exc)
+        return status, message or describe_exception(exc)
 
     # -- chunks ------------------------------------------------------------------------------
 
@@ -321,6 +350,7 @@ class ChunkRun:
                 self.observers.step_progress(self.step_execution, self.position, self.total)
                 status = self._chunks(reader, writer)
                 if status == Status.COMPLETED:
+                    self._check_fence(writer)
                     writer.complete()
                 failed = False
             finally:
@@ -411,8 +441,8 @@ class ChunkRun:
                 return self._commit(
                     writer, reader_state, consumed, len(items), outputs, filtered, scan=scan
                 )
-            except CommitUnknown:
-                raise
+            except (CommitUnknown, *FENCED):
+                raise  # a fenced-off process leaves the writer's output alone: not even a reset
             except Exception as exc:
                 self._rolled_back(exc, writer)
                 if scan or _fatal(exc):
@@ -480,6 +510,7 @@ class ChunkRun:
                 self.step_execution, changes, write, skipped, connection=self.connection
             )
         else:
+            self._check_fence(writer)
             write(None)
             self.step_execution = self.repository.commit_chunk(
                 self.step_execution, changes, None, skipped, connection=self.connection
@@ -488,8 +519,16 @@ class ChunkRun:
         self.position += consumed
         self.skips += len(skipped)
         self.pending = []
-        ctx.state = changes["context"]
+        # The step execution keeps what was committed; the step goes on with a copy of its own,
+        # so that a chunk that rolls back cannot change the committed context.
+        ctx.state = copy.deepcopy(changes["context"])
         return skipped
+
+    def _check_fence(self, writer: Any) -> None:
+        """Before output no transaction can take back (a file writer's chunk, its final
+        rename): make sure this process still owns the step, or write nothing."""
+        if not writer.transactional and self.repository.fence is not None:
+            self.repository.check_fence(self.step_execution)
 
     def _write_each(
         self, writer: Any, connection: Any, outputs: list[Any], skipped: list[SkippedItem]

@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import traceback
+import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
-from batchctl.errors import StaleExecution
+from batchctl.errors import FENCED, ExecutionTakenOver, StaleExecution
+from batchctl.host import describe_exit, host_name, os_exit_raises, pid_scope
 from batchctl.job import Job, Step, StepContext, listener_calls
-from batchctl.model import JobExecution, Status, StepExecution, utcnow
-from batchctl.repository import Repository
+from batchctl.model import (
+    JobExecution,
+    Status,
+    StepExecution,
+    storable_json,
+    unstorable_reason,
+    utcnow,
+)
+from batchctl.repository import Fence, Repository
+from batchctl.repository.store import taken_over_message
 
 log = logging.getLogger("batchctl.engine")
 
@@ -32,11 +41,16 @@ class HeartbeatSettings:
 
 
 class ExecutionTracker:
-    """Owns the running execution's row: heartbeats, stop polling, and every status change.
+    """Owns the running execution's row: the take-over, heartbeats, stop polling, and every
+    status change.
 
-    A background thread writes a heartbeat every `interval` and reads every `poll_interval`
-    whether a stop was requested. All changes go through `transition`, which is conditional on
-    the row's version and re-reads the row when another process changed it first.
+    The process takes the execution over with an owner token of its own (`take_over`); every
+    later change goes through `transition`, conditional on the row's version, and re-reads the
+    row when another process changed it first. A row that is no longer live or no longer ours
+    (it was judged lost, and perhaps restarted) means this process was fenced off: it raises
+    ExecutionTakenOver and writes nothing more. A background thread heartbeats every
+    `interval` and reads every `poll_interval` whether a stop was requested or the execution
+    was taken away.
     """
 
     def __init__(
@@ -45,13 +59,20 @@ class ExecutionTracker:
         self.repository = repository
         self.execution = execution
         self.settings = settings
+        self.owner = uuid.uuid4().hex
         self.stop_event = threading.Event()
+        self.taken_over: str | None = None  # why this process no longer owns the execution
+        self._owning = False
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._record_stop = False
         self._thread = threading.Thread(
             target=self._beat, name=f"batchctl-heartbeat-{execution.id}", daemon=True
         )
+
+    @property
+    def fence(self) -> Fence:
+        return Fence(self.execution.id, self.owner)
 
     def start(self) -> None:
         self._thread.start()
@@ -61,10 +82,38 @@ class ExecutionTracker:
         if self._thread.is_alive():
             self._thread.join()
 
+    def take_over(self) -> JobExecution:
+        """Become the execution's owner: STARTING -> STARTED with this process's token, host,
+        pid and pid scope. A STOPPING one (stopped while it was starting) is owned only to be
+        ended STOPPED. Any other status means another process decided its fate meanwhile (a
+        slow start judged lost): ExecutionTakenOver, and the row is left as it is."""
+
+        def decide(current: JobExecution) -> dict[str, Any]:
+            process = {
+                "host": host_name(),
+                "pid": os.getpid(),
+                "pid_scope": pid_scope(),
+                "owner": self.owner,
+                "heartbeat_at": utcnow(),
+            }
+            if current.status == Status.STARTING and current.owner is None:
+                return {"status": Status.STARTED, "started_at": utcnow(), **process}
+            if current.status == Status.STOPPING and current.owner is None:
+                return process
+            raise ExecutionTakenOver(
+                taken_over_message(current.id, current.status.value, current.exit_message)
+            )
+
+        taken = self.transition(decide)
+        self._owning = True
+        return taken
+
     def transition(self, decide: Callable[[JobExecution], dict[str, Any] | None]) -> JobExecution:
         """Apply `decide(current)`'s changes; on a lost update re-read and decide again."""
         with self._lock:
             while True:
+                if self.taken_over is not None:
+                    raise ExecutionTakenOver(self.taken_over)
                 changes = decide(self.execution)
                 if changes is None:
                     return self.execution
@@ -72,7 +121,7 @@ class ExecutionTracker:
                     self.execution = self.repository.update_execution(self.execution, **changes)
                     return self.execution
                 except StaleExecution:
-                    self._refresh()
+                    self._refresh(self.repository.execution(self.execution.id))
 
     def request_stop(self) -> None:
         """A stop asked from inside this process (Ctrl-C, SIGTERM): safe in a signal handler.
@@ -82,19 +131,29 @@ class ExecutionTracker:
         self._record_stop = True
         self.stop_event.set()
 
-    def _refresh(self) -> None:
-        self.execution = self.repository.execution(self.execution.id)
-        if self.execution.status == Status.STOPPING:
+    def _refresh(self, current: JobExecution) -> None:
+        self.execution = current
+        if self._owning and (current.owner != self.owner or not current.status.is_live):
+            self.taken_over = taken_over_message(
+                current.id, current.status.value, current.exit_message
+            )
+            self.stop_event.set()
+            log.error("%s", self.taken_over)
+        elif current.status == Status.STOPPING:
             self.stop_event.set()
 
     def _beat(self) -> None:
         last_beat = utcnow()
         while not self._done.wait(self.settings.poll_interval):
+            if self.taken_over is not None:
+                return  # fenced off: this process writes nothing more
             try:
                 self._poll()
                 if (utcnow() - last_beat).total_seconds() >= self.settings.interval:
                     self.transition(lambda current: {"heartbeat_at": utcnow()})
                     last_beat = utcnow()
+            except ExecutionTakenOver:
+                return
             except Exception:  # the next beat may succeed; the engine must go on
                 log.warning("heartbeat of execution %s failed", self.execution.id, exc_info=True)
 
@@ -107,7 +166,7 @@ class ExecutionTracker:
             self.stop_event.set()
         if row.version != self.execution.version:
             with self._lock:
-                self._refresh()
+                self._refresh(row)
 
 
 class Observers:
@@ -147,7 +206,8 @@ def run_execution(
     if on_tracker is not None:
         on_tracker(tracker)
     try:
-        return _JobRun(job, tracker, Observers(observers), config).run()
+        with os_exit_raises():
+            return _JobRun(job, tracker, Observers(observers), config).run()
     finally:
         tracker.close()
 
@@ -167,15 +227,25 @@ class _JobRun:
         return self.tracker.execution
 
     def run(self) -> JobExecution:
-        started = self.tracker.transition(_to_started)
-        if started.status != Status.STARTED:
-            return self._finish(Status.STOPPED, "stopped before its first step")
-        self.observers.job_started(started)
-        log.info("execution %s of job %s started", started.id, self.job.name)
+        """Take the execution over, run it, and return it as recorded. A process fenced off
+        (its execution judged lost and perhaps restarted by another) stops at once and returns
+        the execution as the repository now has it."""
         try:
-            return self._run_started(started)
-        except KeyboardInterrupt:
-            return self._finish(Status.STOPPED, "interrupted")
+            started = self.tracker.take_over()
+            self.repository = self.tracker.repository.fenced(self.tracker.fence)
+            if started.status != Status.STARTED:
+                return self._finish(Status.STOPPED, "stopped before its first step")
+            self.observers.job_started(started)
+            log.info("execution %s of job %s started", started.id, self.job.name)
+            try:
+                return self._run_started(started)
+            except KeyboardInterrupt:
+                return self._finish(Status.STOPPED, "interrupted")
+        except FENCED as exc:
+            log.error("%s", self.tracker.taken_over or exc)
+            ended = self.tracker.repository.execution(self.tracker.execution.id)
+            self.observers.job_ended(ended)
+            return ended
 
     def _run_started(self, started: JobExecution) -> JobExecution:
         try:
@@ -209,10 +279,20 @@ class _JobRun:
                 continue
             state = dict(earlier.context) if earlier is not None else {}
             step_execution = self._run_step(step, params, state, job_context)
-            self.tracker.transition(lambda current: {"context": dict(job_context)})
+            self._save_job_context(job_context)
             if step_execution.status != Status.COMPLETED:
                 return step_execution.status, _step_outcome(step_execution)
         return Status.COMPLETED, ""
+
+    def _save_job_context(self, job_context: dict[str, Any]) -> None:
+        """Save the shared context after a step. One that cannot be stored has already failed
+        the step (see run_with_step_listeners); its values are then lost, and logged."""
+        try:
+            self.tracker.transition(lambda current: {"context": dict(job_context)})
+        except ExecutionTakenOver:
+            raise
+        except Exception as exc:
+            log.error("the job context of execution %s was not saved: %s", self.execution.id, exc)
 
     def _run_step(
         self, step: Step, params: dict[str, Any], state: dict[str, Any], job_context: dict[str, Any]
@@ -285,6 +365,10 @@ class _TaskletRun:
     def _outcome(self) -> tuple[Status, str]:
         try:
             status = self._execute()
+        except FENCED:
+            raise
+        except SystemExit as exc:
+            return Status.FAILED, describe_exit(exc)
         except Exception as exc:
             return Status.FAILED, describe_exception(exc)
         return status, "stopped at a checkpoint" if status == Status.STOPPED else ""
@@ -346,18 +430,6 @@ def _to_stopping(current: JobExecution) -> dict[str, Any] | None:
     return {"status": Status.STOPPING}
 
 
-def _to_started(current: JobExecution) -> dict[str, Any] | None:
-    if current.status != Status.STARTING:
-        return None
-    return {
-        "status": Status.STARTED,
-        "started_at": utcnow(),
-        "heartbeat_at": utcnow(),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-    }
-
-
 def _step_outcome(step: StepExecution) -> str:
     outcome = f"step {step.name} {step.status.value.lower()}"
     return f"{outcome}: {step.exit_message}" if step.exit_message else outcome
@@ -378,6 +450,10 @@ def run_with_step_listeners(
         status, message = outcome()
     except KeyboardInterrupt:
         status, message = Status.STOPPED, "interrupted"
+    if status == Status.COMPLETED:
+        problem = unsaveable(ctx)
+        if problem is not None:
+            status, message = Status.FAILED, problem
     snapshot = replace(current(), status=status, exit_code=status.value, exit_message=message or None)
     failure = call_listeners(listeners, "after_step", ctx, snapshot)
     if failure is not None and status == Status.COMPLETED:
@@ -385,11 +461,26 @@ def run_with_step_listeners(
     return status, message
 
 
+def unsaveable(ctx: StepContext) -> str | None:
+    """Why a completed step's state or the job context cannot be saved, or None. Checked before
+    the step is recorded COMPLETED, so that no value is silently lost."""
+    for value, name in ((ctx.state, "ctx.state"), (ctx.job_context, "ctx.job_context")):
+        try:
+            storable_json(value, name)
+        except Exception:
+            return unstorable_reason(value, name)
+    return None
+
+
 def call_listeners(listeners: list[Any], method: str, *args: Any) -> str | None:
     """Call every listener's `method`; return the first failure described, or None."""
     for call in listener_calls(listeners, method):
         try:
             call(*args)
+        except FENCED:
+            raise
+        except SystemExit as exc:
+            return describe_exit(exc).replace("the step", f"{method}")
         except Exception as exc:
             return describe_exception(exc)
     return None

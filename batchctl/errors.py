@@ -90,8 +90,22 @@ class StaleExecution(Refused):
     """The execution was changed by another process (lost update)."""
 
 
+class ExecutionTakenOver(BatchctlError):
+    """This process no longer owns the execution: it was judged lost (or taken over) by
+    another process, so this one stops at once without committing anything more."""
+
+
+# What a process that ran an execution or a partition learns when it no longer owns it: it must
+# write nothing more (no rollback work, no file reset, no status) and stop.
+FENCED = (StaleExecution, ExecutionTakenOver)
+
+
 class SkipLimitExceeded(BatchctlError):
     """The chunk step skipped more items than its skip limit allows."""
+
+
+class UnstorableValue(BatchctlError):
+    """A value cannot be saved in the job repository as JSON."""
 
 
 class CommitUnknown(BatchctlError):

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Iterator
 
 from batchctl.config import Config
 from batchctl.errors import UsageError
+from batchctl.host import process_alive  # noqa: F401 - re-exported: tests and callers use it here
 from batchctl.job import Job
 from batchctl.model import JobExecution
 
@@ -86,9 +87,9 @@ def read_log(batch: Any, execution_id: int, *, follow: bool = False) -> Iterator
 
 def _wait_for_exit(execution: JobExecution, *, deadline: float) -> None:
     """Give an ended execution's process a moment to write its last lines and exit."""
-    import socket
+    from batchctl.host import same_pid_scope
 
-    if not execution.pid or execution.host != socket.gethostname():
+    if not execution.pid or not same_pid_scope(execution.host, execution.pid_scope):
         return
     while process_alive(execution.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -107,21 +108,6 @@ def child_env(config: Config) -> dict[str, str]:
         BATCHCTL_HEARTBEAT_TIMEOUT=str(config.heartbeat_timeout),
     )
     return env
-
-
-def process_alive(pid: int) -> bool:
-    """True while a process with this pid exists on this host and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 class _StopOnSignals:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Mapping
 
-from batchctl.errors import InvalidParams
+from batchctl.errors import InvalidParams, UnstorableValue
 
 
 class Status(str, enum.Enum):
@@ -112,6 +112,8 @@ class JobExecution:
     heartbeat_at: datetime | None = None
     host: str | None = None
     pid: int | None = None
+    pid_scope: str | None = None  # the boot and pid namespace where `pid` means something
+    owner: str | None = None  # the token of the process that took the execution over
     context: dict[str, Any] = field(default_factory=dict)
     resumed_from: int | None = None
     log_path: str | None = None
@@ -357,6 +359,54 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (date, datetime)):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def storable_json(value: Any, name: str) -> str:
+    """`value` as the strict JSON the repository stores (contexts, partition contexts); an
+    UnstorableValue naming the key and the type when it is not JSON (a set, a Decimal, a date
+    in a context, NaN). Refused rather than converted: a restart must get back exactly what
+    was saved, and a date saved as a string would come back as one."""
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        raise UnstorableValue(unstorable_reason(value, name)) from None
+
+
+def unstorable_reason(value: Any, name: str) -> str:
+    """Which part of `value` strict JSON cannot hold, and why, e.g. `ctx.state['total'] holds a
+    Decimal, which cannot be saved as JSON`."""
+    found = _first_unstorable(value, name, set())
+    where, what = found if found is not None else (name, "a value")
+    return f"{where} holds {what}, which cannot be saved as JSON (use str, int, float, bool, None, lists and dicts)"
+
+
+def _first_unstorable(value: Any, path: str, seen: set[int]) -> tuple[str, str] | None:
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, f"the number {value}")
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in seen:
+            return path, "a reference to itself"
+        seen = seen | {id(value)}
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, (str, int, float, bool)) and key is not None:
+                    return f"{path}[{key!r}]", f"a key of type {type(key).__name__}"
+                found = _first_unstorable(item, f"{path}[{key!r}]", seen)
+                if found is not None:
+                    return found
+            return None
+        for index, item in enumerate(value):
+            found = _first_unstorable(item, f"{path}[{index}]", seen)
+            if found is not None:
+                return found
+        return None
+    return path, _with_article(type(value).__name__)
+
+
+def _with_article(name: str) -> str:
+    return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
 
 
 def instance_key(params: Mapping[str, Any]) -> str:

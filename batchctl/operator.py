@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -91,17 +90,19 @@ def lost_reason(
     *,
     now: datetime,
     timeout: float,
-    this_host: str,
+    pid_visible: Callable[[JobExecution], bool],
     process_alive: Callable[[int], bool],
 ) -> str | None:
     """Why a live execution is taken as lost (its process gone, or silent past the timeout),
-    or None while it may still be running."""
+    or None while it may still be running. Its pid is looked at only where `pid_visible` says
+    it means something (the same host, boot and pid namespace); elsewhere the heartbeat alone
+    decides."""
     if not execution.status.is_live:
         return None
     beat = execution.heartbeat_at or execution.created_at
     beat_text = beat.isoformat(timespec="seconds") if beat else "never"
     where = f"pid {execution.pid} on {execution.host}" if execution.pid else "no pid recorded yet"
-    if execution.pid and execution.host == this_host and not process_alive(execution.pid):
+    if execution.pid and pid_visible(execution) and not process_alive(execution.pid):
         return f"process lost: {where} is gone (last heartbeat {beat_text})"
     if beat is None or (now - beat).total_seconds() > timeout:
         return (
@@ -146,6 +147,13 @@ def parse_statuses(names: Sequence[str]) -> list[Status]:
             known = ", ".join(status.value for status in Status)
             raise UsageError(f"unknown status {name!r} (one of {known})") from None
     return statuses
+
+
+def this_process() -> dict[str, Any]:
+    """The host, pid and pid scope of this process, as an execution records them."""
+    from batchctl.host import host_name, pid_scope
+
+    return {"host": host_name(), "pid": os.getpid(), "pid_scope": pid_scope()}
 
 
 # -- the API --------------------------------------------------------------------------------------
@@ -247,8 +255,7 @@ class Batch:
             instance_key(converted),
             params_to_json(converted),
             start_rule,
-            host=socket.gethostname(),
-            pid=None if detach else os.getpid(),
+            process=None if detach else this_process(),
         )
         return execution, found
 
@@ -275,8 +282,7 @@ class Batch:
         execution = self.repository.create_execution_of_instance(
             previous.instance_id,
             restart_rule,
-            host=socket.gethostname(),
-            pid=None if detach else os.getpid(),
+            process=None if detach else this_process(),
         )
         return execution, found
 
@@ -313,7 +319,16 @@ class Batch:
         except OSError as exc:
             self.fail_unstarted(execution, f"could not start a process: {exc}")
             raise
-        return replace(execution, pid=pid)
+
+        def record_child(current: JobExecution) -> dict[str, Any] | None:
+            """The child's pid from the moment it exists, so that one killed while importing
+            is judged lost at once; unless the child already took the execution over."""
+            if current.status != Status.STARTING or current.owner is not None:
+                return None
+            return {**this_process(), "pid": pid}
+
+        recorded = self._settle(execution, record_child)
+        return recorded if recorded.pid == pid else replace(recorded, pid=pid)
 
     def run_launched(self, execution_id: int, *, observers: Iterable[Any] = ()) -> JobExecution:
         """In the new process of a detached launch: take the execution over and run it.
@@ -335,14 +350,12 @@ class Batch:
     def fail_unstarted(self, execution: JobExecution, message: str) -> JobExecution:
         """End an execution that never started: FAILED (STOPPED if a stop came meanwhile)."""
 
-        def decide(current: JobExecution) -> dict[str, Any] | None:
-            if current.status not in (Status.STARTING, Status.STOPPING):
+        def decide(current: JobExecution) -> Status | None:
+            if current.status not in (Status.STARTING, Status.STOPPING) or current.owner:
                 return None
-            status = lost_status(current)
-            return {"status": status, "exit_code": status.value, "exit_message": message,
-                    "ended_at": utcnow()}
+            return lost_status(current)
 
-        return self._settle(execution, decide)
+        return self._end(execution, decide, message)
 
     # -- stopping, abandoning, lost processes --------------------------------------------------------
 
@@ -387,6 +400,13 @@ class Batch:
         abandoned = self.repository.abandon(execution_id)
         if abandoned is None:
             current = self.execution(execution_id)
+            later = self.repository.later_execution(current)
+            if later is not None and current.status != Status.ABANDONED:
+                raise NotAbandonable(
+                    f"execution {execution_id} was resumed by execution {later.id} "
+                    f"({later.status.value}); only the last execution of an instance can be "
+                    "abandoned"
+                )
             raise NotAbandonable(
                 f"execution {execution_id} is {current.status.value}; only STOPPED, FAILED or "
                 "UNKNOWN executions can be abandoned"
@@ -404,23 +424,44 @@ class Batch:
         return marked
 
     def _recover(self, execution: JobExecution) -> JobExecution:
-        from batchctl.launcher import process_alive
+        """Mark `execution` lost if its process is: FAILED (STOPPED if it was stopping), its
+        live steps and partitions with it. This revokes the process's ownership: if it is in
+        fact still running (paused, or misjudged), its next write is refused."""
+        from batchctl.host import process_alive, same_pid_scope
 
-        def decide(current: JobExecution) -> dict[str, Any] | None:
+        current = execution
+        while True:
             reason = lost_reason(
                 current,
                 now=utcnow(),
                 timeout=self.config.heartbeat_timeout,
-                this_host=socket.gethostname(),
+                pid_visible=lambda e: same_pid_scope(e.host, e.pid_scope),
                 process_alive=process_alive,
             )
             if reason is None:
-                return None
-            status = lost_status(current)
-            return {"status": status, "exit_code": status.value, "exit_message": reason,
-                    "ended_at": utcnow()}
+                return current
+            try:
+                return self.repository.end_execution(current, lost_status(current), reason)
+            except StaleExecution:
+                current = self.repository.execution(current.id)
 
-        return self._settle(execution, decide)
+    def _end(
+        self,
+        execution: JobExecution,
+        decide: Callable[[JobExecution], Status | None],
+        message: str,
+    ) -> JobExecution:
+        """End the execution with the status `decide(current)` gives (None: leave it), with its
+        live steps, re-reading after a lost update."""
+        current = execution
+        while True:
+            status = decide(current)
+            if status is None:
+                return current
+            try:
+                return self.repository.end_execution(current, status, message)
+            except StaleExecution:
+                current = self.repository.execution(current.id)
 
     def _settle(
         self, execution: JobExecution, decide: Callable[[JobExecution], dict[str, Any] | None]

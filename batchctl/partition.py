@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, Iterable, Iterator
 
 from batchctl.errors import JobDefinitionError
@@ -138,9 +139,7 @@ class PartitionedRun:
             if all(not p.status.is_live for p in partitions):
                 return partitions
             if self.ctx.stop_requested:
-                self.repository.end_unclaimed_partitions(
-                    self.ctx.execution_id, self.step.name, Status.STOPPED, "stopped before it started"
-                )
+                self._end_partitions_no_worker_runs()
             supervise(partitions)
             self._show_progress(partitions)
             if self.settings.mode == "remote" and time.monotonic() - last_log > REMOTE_WAIT_LOG_INTERVAL:
@@ -148,6 +147,18 @@ class PartitionedRun:
                 log.info("step %s: %d partition(s) waiting for workers", self.step.name, waiting)
                 last_log = time.monotonic()
             time.sleep(PARTITION_POLL_INTERVAL)
+
+    def _end_partitions_no_worker_runs(self) -> None:
+        """On a stop, no worker claims a partition any more: end those waiting for one, and
+        those whose worker died (silent past the heartbeat timeout), STOPPED and restartable."""
+        execution_id, step_name = self.ctx.execution_id, self.step.name
+        self.repository.end_unclaimed_partitions(
+            execution_id, step_name, Status.STOPPED, "stopped before it started"
+        )
+        stale_before = utcnow() - timedelta(seconds=self.config.heartbeat_timeout)
+        self.repository.end_orphaned_partitions(
+            execution_id, step_name, stale_before, Status.STOPPED, "stopped: its worker was lost"
+        )
 
     def _show_progress(self, partitions: list[StepExecution]) -> None:
         totals = _summed(partitions)

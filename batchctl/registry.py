@@ -129,11 +129,17 @@ def _import(stem: str, module_file: Path, problems: list[LoadProblem]) -> types.
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module that exits is a problem of its own only
         del sys.modules[name]
-        problems.append(LoadProblem(_where(exc, module_file), f"{type(exc).__name__}: {exc}"))
+        problems.append(LoadProblem(_where(exc, module_file), _describe(exc)))
         return None
     return module
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"the module called sys.exit({exc.code!r}) while loading"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _where(exc: BaseException, module_file: Path) -> str:
@@ -158,7 +164,7 @@ def _from_entry_points(problems: list[LoadProblem]) -> Iterable[tuple[str, list[
         where = f"entry point {entry_point.name} = {entry_point.value}"
         try:
             loaded = entry_point.load()
-        except Exception as exc:
-            problems.append(LoadProblem(where, f"{type(exc).__name__}: {exc}"))
+        except (Exception, SystemExit) as exc:
+            problems.append(LoadProblem(where, _describe(exc)))
             continue
         yield where, [loaded] if isinstance(loaded, Job) else _jobs_in(loaded)

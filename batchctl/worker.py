@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Callable, Sequence
 
-from batchctl.errors import JobDefinitionError, StaleExecution
+from batchctl.errors import FENCED, JobDefinitionError
+from batchctl.host import os_exit_raises
 from batchctl.job import Job, Step, StepContext
 from batchctl.model import JobExecution, Status, StepExecution, utcnow
 
@@ -156,10 +157,13 @@ class Worker:
             stop_event.set()
         self._current = (partition, stop_event)
         try:
-            PartitionRun(self.repository, self.resolve_job, partition, stop_event, self).run()
+            with os_exit_raises():
+                PartitionRun(self.repository, self.resolve_job, partition, stop_event, self).run()
             self.partitions_run += 1
-        except StaleExecution:
-            log.warning("partition %s was taken over by another worker", partition.name)
+        except FENCED as exc:
+            log.warning("partition %s was taken over; it is left as it is (%s)", partition.name, exc)
+        except Exception:  # recording the outcome failed: this worker goes on with others
+            log.exception("partition %s: its outcome could not be recorded", partition.name)
         finally:
             self._current = None
 
@@ -183,7 +187,11 @@ class PartitionRun:
 
     def run(self) -> None:
         from batchctl.engine import Observers, call_listeners, finish_step, runner_for
+        from batchctl.repository import Fence
 
+        # Every write for the partition is conditional on its claim (the version) and on the
+        # execution still being live: a worker paused past its timeout commits nothing more.
+        self.repository = self.repository.fenced(Fence(self.partition.job_execution_id))
         execution = self.repository.execution(self.partition.job_execution_id)
         try:
             job = self.resolve_job(execution.job_name)

@@ -1,5 +1,5 @@
 """The job repository: the only package that speaks SQL."""
 
-from batchctl.repository.store import Decide, Repository
+from batchctl.repository.store import Decide, Fence, Repository
 
-__all__ = ["Decide", "Repository"]
+__all__ = ["Decide", "Fence", "Repository"]

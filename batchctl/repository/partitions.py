@@ -55,6 +55,7 @@ class PartitionQueries:
     dialect: str
     update_step_execution: Callable[..., StepExecution]
     step_execution: Callable[[int], StepExecution]
+    _hold_fence: Callable[[Connection], None]
 
     # -- the owner's side -----------------------------------------------------------------------
 
@@ -65,6 +66,7 @@ class PartitionQueries:
         the transaction also notifies waiting workers."""
 
         def change(connection: Connection) -> None:
+            self._hold_fence(connection)
             if specs:
                 connection.execute(
                     step_execution.insert(),
@@ -107,14 +109,41 @@ class PartitionQueries:
         self, job_execution_id: int, step_name: str, status: Status, message: str
     ) -> int:
         """Claim: end the partitions no worker has claimed (STARTING) with `status`."""
-        return int(
-            self._write(
-                lambda connection: connection.execute(
+        unclaimed = step_execution.c.status == Status.STARTING.value
+        return self._end_partitions(job_execution_id, step_name, unclaimed, status, message)
+
+    def end_orphaned_partitions(
+        self,
+        job_execution_id: int,
+        step_name: str,
+        stale_before: datetime,
+        status: Status,
+        message: str,
+    ) -> int:
+        """Claim: end the partitions whose worker retired or last heartbeat before
+        `stale_before` with `status`: a stop must not wait for a worker that died, and with
+        the execution stopping no other worker may claim them."""
+        orphaned = and_(
+            step_execution.c.status == Status.STARTED.value,
+            or_(
+                step_execution.c.worker_id.is_(None),
+                step_execution.c.worker_id.in_(_stale_workers(stale_before)),
+            ),
+        )
+        return self._end_partitions(job_execution_id, step_name, orphaned, status, message)
+
+    def _end_partitions(
+        self, job_execution_id: int, step_name: str, which: Any, status: Status, message: str
+    ) -> int:
+        def change(connection: Connection) -> int:
+            self._hold_fence(connection)
+            return int(
+                connection.execute(
                     update(step_execution)
                     .where(
                         step_execution.c.job_execution_id == job_execution_id,
                         step_execution.c.partition_of == step_name,
-                        step_execution.c.status == Status.STARTING.value,
+                        which,
                     )
                     .values(
                         status=status.value,
@@ -125,7 +154,8 @@ class PartitionQueries:
                     )
                 ).rowcount
             )
-        )
+
+        return int(self._write(change))
 
     def take_over_partition(self, partition: StepExecution, message: str) -> StepExecution:
         """Write: end a partition that an execution no longer running left live (FAILED, with
@@ -164,9 +194,7 @@ class PartitionQueries:
         before `stale_before`, of a job execution still running; None when there is none."""
         from batchctl.repository.store import _step_execution
 
-        stale_workers = select(worker.c.id).where(
-            or_(worker.c.stopped_at.is_not(None), worker.c.heartbeat_at < stale_before)
-        )
+        stale_workers = _stale_workers(stale_before)
         claimable = or_(
             step_execution.c.status == Status.STARTING.value,
             and_(
@@ -344,6 +372,13 @@ class PartitionQueries:
         finally:
             raw.invalidate()  # a LISTENing connection must not go back to the pool
             raw.close()
+
+
+def _stale_workers(stale_before: datetime) -> Any:
+    """The ids of workers that retired or stopped heartbeating before `stale_before`."""
+    return select(worker.c.id).where(
+        or_(worker.c.stopped_at.is_not(None), worker.c.heartbeat_at < stale_before)
+    )
 
 
 def partition_name(step_name: str, index: int) -> str:

@@ -8,17 +8,24 @@ restart are the operator's; they arrive here as a `decide` function run inside t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from contextlib import contextmanager
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import date, datetime
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-from sqlalchemy import Connection, Engine, Row, and_, func, select, text, update
+from sqlalchemy import Connection, Engine, Row, and_, exists, func, literal, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from batchctl.errors import AlreadyRunning, CommitUnknown, StaleExecution, UnknownExecution
+from batchctl.errors import (
+    AlreadyRunning,
+    CommitUnknown,
+    ExecutionTakenOver,
+    StaleExecution,
+    UnknownExecution,
+)
 from batchctl.model import (
     LIVE_STATUSES,
     STEP_COUNTERS,
@@ -26,6 +33,7 @@ from batchctl.model import (
     SkippedItem,
     Status,
     StepExecution,
+    storable_json,
     utcnow,
 )
 from batchctl.repository.connect import (
@@ -56,26 +64,49 @@ ERROR_TEXT_LIMIT = 4_000  # characters of a skipped item's error kept
 # A chunk's checkpoint: every counter and the context, conditional on the version, as the
 # driver's own SQL (see Repository._checkpoint).
 _CHECKPOINT_KEYS = frozenset((*STEP_COUNTERS, "context"))
-_CHECKPOINT_SQL: dict[str, str] = {}
+_CHECKPOINT_SQL: dict[tuple[str, bool, bool], str] = {}
 
 
-def _checkpoint_sql(dialect: Any) -> str:
+@dataclass(frozen=True)
+class Fence:
+    """What a process's writes for an execution are conditional on: the execution is still live
+    and, when `owner` is given, still owned by that token. Marking an execution lost (or
+    ending it any other way) fails the condition, so a process that was paused past its
+    heartbeat timeout, or judged lost by mistake, commits nothing more.
+
+    The job's own process fences with its owner token; partition workers, which never own the
+    execution, fence with liveness alone (their claim on the partition is its version).
+    """
+
+    execution_id: int
+    owner: str | None = None
+
+
+def _checkpoint_sql(dialect: Any, fenced: bool, owned: bool) -> str:
     """The checkpoint UPDATE with positional parameters: the counters, the context, the new
-    version, the id, the old version."""
-    found = _CHECKPOINT_SQL.get(dialect.name)
+    version, the id, the old version, then (fenced) the execution id and (owned) the owner."""
+    key = (dialect.name, fenced, owned)
+    found = _CHECKPOINT_SQL.get(key)
     if found is None:
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
         table = dialect.identifier_preparer.format_table(step_execution)
         sets = ", ".join(f"{name} = {mark}" for name in (*STEP_COUNTERS, "context", "version"))
-        found = _CHECKPOINT_SQL[dialect.name] = (
-            f"UPDATE {table} SET {sets} WHERE id = {mark} AND version = {mark}"
-        )
+        found = f"UPDATE {table} SET {sets} WHERE id = {mark} AND version = {mark}"
+        if fenced:
+            executions = dialect.identifier_preparer.format_table(job_execution)
+            owner = f" AND owner = {mark}" if owned else ""
+            lock = " FOR SHARE" if dialect.name == "postgresql" else ""
+            found += (
+                f" AND EXISTS (SELECT 1 FROM {executions} WHERE id = {mark} AND "
+                f"{LIVE_STATUS_SQL}{owner}{lock})"
+            )
+        _CHECKPOINT_SQL[key] = found
     return found
 
 
-def _json_text(value: Any) -> str:
-    """JSON as JSONText stores it."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+def _context_json(value: Any) -> str:
+    """A step's context as JSONText stores it; UnstorableValue naming the bad key."""
+    return storable_json(value, "ctx.state")
 
 
 class Repository(PartitionQueries):
@@ -84,6 +115,15 @@ class Repository(PartitionQueries):
     def __init__(self, engine: Engine, url: str) -> None:
         self.engine = engine
         self.url = url
+        self.fence: Fence | None = None
+
+    def fenced(self, fence: Fence) -> Repository:
+        """This repository (the same engine and pool) whose step writes are all conditional, in
+        their own transaction, on `fence`: a write of a process that no longer owns the
+        execution raises ExecutionTakenOver and commits nothing."""
+        view = copy.copy(self)
+        view.fence = fence
+        return view
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Repository:
@@ -145,10 +185,10 @@ class Repository(PartitionQueries):
         params: dict[str, Any],
         decide: Decide,
         *,
-        host: str | None = None,
-        pid: int | None = None,
+        process: dict[str, Any] | None = None,
     ) -> JobExecution:
         """Claim: create the instance if new, and a STARTING execution of it if `decide` allows.
+        `process`: the host, pid and pid_scope of the process that will run it, when known.
 
         The decision and the insert are one serializable transaction, and the partial unique
         index on live executions refuses a second live execution whatever the race.
@@ -156,16 +196,16 @@ class Repository(PartitionQueries):
 
         def change(connection: Connection) -> JobExecution:
             instance_id = self._instance_id(connection, job_name, job_key, params)
-            return self._insert_execution(connection, instance_id, decide, host, pid)
+            return self._insert_execution(connection, instance_id, decide, process or {})
 
         return self._claim(change)
 
     def create_execution_of_instance(
-        self, instance_id: int, decide: Decide, *, host: str | None = None, pid: int | None = None
+        self, instance_id: int, decide: Decide, *, process: dict[str, Any] | None = None
     ) -> JobExecution:
         """Claim: a new STARTING execution of an existing instance if `decide` allows."""
         return self._claim(
-            lambda connection: self._insert_execution(connection, instance_id, decide, host, pid)
+            lambda connection: self._insert_execution(connection, instance_id, decide, process or {})
         )
 
     def _claim(self, change: Callable[[Connection], JobExecution]) -> JobExecution:
@@ -196,8 +236,7 @@ class Repository(PartitionQueries):
         connection: Connection,
         instance_id: int,
         decide: Decide,
-        host: str | None,
-        pid: int | None,
+        process: dict[str, Any],
     ) -> JobExecution:
         last = self._last_execution_of_instance(connection, instance_id)
         resumed = decide(last)
@@ -209,8 +248,9 @@ class Repository(PartitionQueries):
             "version": 0,
             "created_at": now,
             "heartbeat_at": now,
-            "host": host,
-            "pid": pid,
+            "host": process.get("host"),
+            "pid": process.get("pid"),
+            "pid_scope": process.get("pid_scope"),
             "context": dict(resumed.context) if resumed else {},
             "resumed_from": resumed.id if resumed else None,
         }
@@ -242,30 +282,64 @@ class Repository(PartitionQueries):
         return self._write(change)
 
     def abandon(self, execution_id: int) -> JobExecution | None:
-        """Claim: STOPPED/FAILED/UNKNOWN -> ABANDONED in one conditional update.
+        """Claim: STOPPED/FAILED/UNKNOWN -> ABANDONED in one conditional update, only for the
+        last execution of its instance (one that a later execution resumed is history). Any
+        step execution it left live ends ABANDONED with it.
 
-        Returns the abandoned execution, or None when its status did not allow it.
+        Serializable, as the insert of a restart is: of a restart and an abandon of the same
+        execution at once, one wins and the other is refused. Returns the abandoned execution,
+        or None when its status or a later execution did not allow it.
         """
         allowed = [Status.STOPPED.value, Status.FAILED.value, Status.UNKNOWN.value]
+        later = job_execution.alias("later")
+        no_later = ~exists(
+            select(literal(1)).where(
+                later.c.instance_id == job_execution.c.instance_id, later.c.id > job_execution.c.id
+            )
+        )
 
         def change(connection: Connection) -> JobExecution | None:
             result = connection.execute(
                 update(job_execution)
-                .where(job_execution.c.id == execution_id, job_execution.c.status.in_(allowed))
+                .where(
+                    job_execution.c.id == execution_id,
+                    job_execution.c.status.in_(allowed),
+                    no_later,
+                )
                 .values(status=Status.ABANDONED.value, version=job_execution.c.version + 1)
             )
             row = self._execution_row(connection, execution_id)
             if row is None:
                 raise UnknownExecution(f"no execution with id {execution_id}")
-            return _execution(row) if result.rowcount == 1 else None
+            if result.rowcount != 1:
+                return None
+            _end_live_steps(connection, execution_id, Status.ABANDONED, "execution abandoned")
+            return _execution(row)
 
-        return self._write(change)
+        return self._write(change, serializable=True)
+
+    def later_execution(self, execution: JobExecution) -> JobExecution | None:
+        """Read: the first execution of the same instance created after `execution`."""
+        query = (
+            select(*_EXECUTION_COLUMNS)
+            .join(job_instance, job_instance.c.id == job_execution.c.instance_id)
+            .where(
+                job_execution.c.instance_id == execution.instance_id,
+                job_execution.c.id > execution.id,
+            )
+            .order_by(job_execution.c.id)
+            .limit(1)
+        )
+        row = self._read(lambda connection: connection.execute(query).first())
+        return _execution(row) if row is not None else None
 
     # -- writes ---------------------------------------------------------------------------------
 
     def update_execution(self, execution: JobExecution, **changes: Any) -> JobExecution:
         """Write: apply `changes` if the row is still at `execution.version`; return the new one."""
         values = {k: (v.value if isinstance(v, Status) else v) for k, v in changes.items()}
+        if "context" in changes:
+            storable_json(changes["context"], "ctx.job_context")
 
         def change(connection: Connection) -> None:
             result = connection.execute(
@@ -284,13 +358,46 @@ class Repository(PartitionQueries):
         self._write(change)
         return replace(execution, **changes, version=execution.version + 1)
 
+    def end_execution(
+        self, execution: JobExecution, status: Status, message: str, **changes: Any
+    ) -> JobExecution:
+        """Write: end a live execution with `status` (conditional on its version, as
+        `update_execution`), and in the same transaction every step execution it left live:
+        a lost execution's steps and partitions end with it, and a worker still running one of
+        them fails its next checkpoint."""
+        values = {
+            "status": status,
+            "exit_code": status.value,
+            "exit_message": message or None,
+            "ended_at": utcnow(),
+            **changes,
+        }
+        columns = {k: (v.value if isinstance(v, Status) else v) for k, v in values.items()}
+
+        def change(connection: Connection) -> None:
+            result = connection.execute(
+                update(job_execution)
+                .where(
+                    job_execution.c.id == execution.id,
+                    job_execution.c.version == execution.version,
+                )
+                .values(**columns, version=execution.version + 1)
+            )
+            if result.rowcount != 1:
+                raise StaleExecution(f"execution {execution.id} was changed by another process")
+            _end_live_steps(connection, execution.id, status, message)
+
+        self._write(change)
+        return replace(execution, **values, version=execution.version + 1)
+
     def create_step_execution(
         self, job_execution_id: int, name: str, context: dict[str, Any]
     ) -> StepExecution:
-        """Write: a new STARTED step execution."""
+        """Write: a new STARTED step execution (fenced)."""
         now = utcnow()
 
         def change(connection: Connection) -> int:
+            self._hold_fence(connection)
             result = connection.execute(
                 step_execution.insert().values(
                     job_execution_id=job_execution_id,
@@ -314,20 +421,88 @@ class Repository(PartitionQueries):
         )
 
     def update_step_execution(self, step: StepExecution, **changes: Any) -> StepExecution:
-        """Write: apply `changes` if the row is still at `step.version`; return the new one."""
+        """Write: apply `changes` if the row is still at `step.version` (and the fence holds);
+        return the new one."""
         values = {k: (v.value if isinstance(v, Status) else v) for k, v in changes.items()}
+        if "context" in changes:
+            _context_json(changes["context"])
 
         def change(connection: Connection) -> None:
-            result = connection.execute(
-                update(step_execution)
-                .where(step_execution.c.id == step.id, step_execution.c.version == step.version)
-                .values(**values, version=step.version + 1)
+            statement = update(step_execution).where(
+                step_execution.c.id == step.id, step_execution.c.version == step.version
             )
+            if self.fence is not None:
+                statement = statement.where(self._fence_holds())
+            result = connection.execute(statement.values(**values, version=step.version + 1))
             if result.rowcount != 1:
-                raise StaleExecution(f"step execution {step.id} was changed by another process")
+                self._refuse_stale_step(connection, step)
 
         self._write(change)
         return replace(step, **changes, version=step.version + 1)
+
+    def check_fence(self, step: StepExecution) -> None:
+        """Read: raise as a fenced write would (ExecutionTakenOver, StaleExecution) unless this
+        process still owns `step` at its version. Asked before work that no transaction can
+        undo (a file writer's chunk), so that a process that lost its claim leaves the file to
+        the one that took it over."""
+
+        def query(connection: Connection) -> None:
+            version = connection.execute(
+                select(step_execution.c.version).where(step_execution.c.id == step.id)
+            ).scalar()
+            if self.fence is not None:
+                self._refuse_if_fenced_off(connection)
+            if version != step.version:
+                raise StaleExecution(f"step execution {step.id} was changed by another process")
+
+        self._read(query)
+
+    # -- fencing ----------------------------------------------------------------------------------
+
+    def _fence_holds(self) -> Any:
+        """The fence as a condition of an UPDATE of a step row: the execution is live (and
+        owned); on Postgres the execution row is share-locked, so that marking it lost waits
+        for this transaction and a restart never reads a checkpoint this one is replacing."""
+        fence = self.fence
+        assert fence is not None
+        condition = select(literal(1)).where(
+            job_execution.c.id == fence.execution_id, text(f"job_execution.{LIVE_STATUS_SQL}")
+        )
+        if fence.owner is not None:
+            condition = condition.where(job_execution.c.owner == fence.owner)
+        if self.dialect == "postgresql":
+            condition = condition.with_for_update(read=True)
+        return exists(condition)
+
+    def _hold_fence(self, connection: Connection) -> None:
+        """In a write transaction without an UPDATE to carry the fence: check it (and on
+        Postgres share-lock the execution row until the commit)."""
+        if self.fence is None:
+            return
+        found = connection.execute(select(literal(1)).where(self._fence_holds())).scalar()
+        if found is None:
+            self._refuse_if_fenced_off(connection)
+
+    def _refuse_stale_step(self, connection: Connection, step: StepExecution) -> None:
+        """A step UPDATE matched no row: say whether the execution was taken over (fenced off)
+        or only the step row changed (a lost update)."""
+        if self.fence is not None:
+            self._refuse_if_fenced_off(connection)
+        raise StaleExecution(f"step execution {step.id} was changed by another process")
+
+    def _refuse_if_fenced_off(self, connection: Connection) -> None:
+        fence = self.fence
+        assert fence is not None
+        row = connection.execute(
+            select(job_execution.c.status, job_execution.c.owner, job_execution.c.exit_message)
+            .where(job_execution.c.id == fence.execution_id)
+        ).first()
+        if row is None:
+            raise ExecutionTakenOver(f"execution {fence.execution_id} is gone")
+        live = Status(row.status).is_live
+        if live and (fence.owner is None or row.owner == fence.owner):
+            return
+        raise ExecutionTakenOver(taken_over_message(fence.execution_id, row.status, row.exit_message))
 
     def commit_chunk(
         self,
@@ -392,14 +567,20 @@ class Repository(PartitionQueries):
         checkout per chunk, and on Postgres no pre-ping round trip per chunk. Close it after."""
         return self.engine.connect()
 
-    @staticmethod
-    def _checkpoint(connection: Connection, step: StepExecution, changes: dict[str, Any]) -> None:
+    def _checkpoint(self, connection: Connection, step: StepExecution, changes: dict[str, Any]) -> None:
+        fence = self.fence
         if changes.keys() == _CHECKPOINT_KEYS:
             # The chunk loop's statement, straight to the driver: SQLAlchemy's execution costs
-            # more than the UPDATE itself, once per chunk.
-            sql = _checkpoint_sql(connection.dialect)
+            # more than the UPDATE itself, once per chunk. The fence is one more condition of
+            # the same statement: no extra round trip.
+            owned = fence is not None and fence.owner is not None
+            sql = _checkpoint_sql(connection.dialect, fence is not None, owned)
             params = [changes[name] for name in STEP_COUNTERS]
-            params += [_json_text(changes["context"]), step.version + 1, step.id, step.version]
+            params += [_context_json(changes["context"]), step.version + 1, step.id, step.version]
+            if fence is not None:
+                params.append(fence.execution_id)
+                if owned:
+                    params.append(fence.owner)
             cursor = connection.connection.driver_connection.cursor()
             try:
                 cursor.execute(sql, params)
@@ -407,13 +588,16 @@ class Repository(PartitionQueries):
             finally:
                 cursor.close()
         else:
-            updated = connection.execute(
-                update(step_execution)
-                .where(step_execution.c.id == step.id, step_execution.c.version == step.version)
-                .values(**changes, version=step.version + 1)
-            ).rowcount
+            if "context" in changes:
+                _context_json(changes["context"])
+            statement = update(step_execution).where(
+                step_execution.c.id == step.id, step_execution.c.version == step.version
+            )
+            if fence is not None:
+                statement = statement.where(self._fence_holds())
+            updated = connection.execute(statement.values(**changes, version=step.version + 1)).rowcount
         if updated != 1:
-            raise StaleExecution(f"step execution {step.id} was changed by another process")
+            self._refuse_stale_step(connection, step)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -556,6 +740,33 @@ class Repository(PartitionQueries):
         return _execution(row) if row is not None else None
 
 
+def taken_over_message(execution_id: int, status: str, exit_message: str | None) -> str:
+    reason = (exit_message or "").strip().splitlines()
+    because = f": {reason[0]}" if reason else ""
+    return (
+        f"execution {execution_id} was taken over by another process (it is {status}{because}); "
+        "stopping without committing"
+    )
+
+
+def _end_live_steps(connection: Connection, execution_id: int, status: Status, message: str) -> None:
+    """End the step executions (partitions included) an ending execution left live."""
+    connection.execute(
+        update(step_execution)
+        .where(
+            step_execution.c.job_execution_id == execution_id,
+            step_execution.c.status.in_([s.value for s in LIVE_STATUSES]),
+        )
+        .values(
+            status=status.value,
+            exit_code=status.value,
+            exit_message=message or None,
+            ended_at=utcnow(),
+            version=step_execution.c.version + 1,
+        )
+    )
+
+
 def _instance_job_name(connection: Connection, instance_id: int) -> str:
     return str(
         connection.execute(
@@ -623,4 +834,4 @@ def _item_json(value: Any) -> Any:
     return str(value)
 
 
-__all__ = ["Repository", "Decide"]
+__all__ = ["Repository", "Decide", "Fence", "taken_over_message"]

@@ -56,8 +56,29 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(timezone.utc)
 
 
+def storable_text(value: str) -> str:
+    """Text as both databases can store it: a NUL (which Postgres refuses) and lone surrogates
+    (which UTF-8 cannot encode) are written as backslash escapes. Exit messages and skipped
+    items come from job code and its exceptions, so they may hold anything."""
+    if value.isascii():
+        return value.replace("\x00", "\\x00")
+    escaped = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return escaped.replace("\x00", "\\x00")
+
+
+class SafeText(TypeDecorator[str]):
+    """Text that a job or its exceptions supplied: stored whatever it holds (see storable_text)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else storable_text(str(value))
+
+
 class JSONText(TypeDecorator[Any]):
-    """JSON kept as text: the same bytes on SQLite and Postgres, never pickle."""
+    """JSON kept as text: the same bytes on SQLite and Postgres, never pickle. Strict JSON: a
+    NaN or an infinity is refused (ValueError) rather than written as text no parser reads."""
 
     impl = Text
     cache_ok = True
@@ -65,7 +86,7 @@ class JSONText(TypeDecorator[Any]):
     def process_bind_param(self, value: Any, dialect: Any) -> str | None:
         if value is None:
             return None
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
     def process_result_value(self, value: str | None, dialect: Any) -> Any:
         return None if value is None else json.loads(value)
@@ -94,13 +115,17 @@ job_execution = Table(
     Column("status", String(16), nullable=False),
     Column("version", Integer, nullable=False),
     Column("exit_code", String(32)),
-    Column("exit_message", Text),
+    Column("exit_message", SafeText),
     Column("created_at", UTCDateTime, nullable=False),
     Column("started_at", UTCDateTime),
     Column("ended_at", UTCDateTime),
     Column("heartbeat_at", UTCDateTime),
     Column("host", String(255)),
     Column("pid", Integer),
+    # Where `pid` can be judged (boot id and pid namespace), and the owner token of the process
+    # running the execution: every write of that process is conditional on it (fencing).
+    Column("pid_scope", String(100)),
+    Column("owner", String(32)),
     Column("context", JSONText, nullable=False),
     Column("resumed_from", Id, ForeignKey("job_execution.id")),
     Column("log_path", Text),
@@ -123,7 +148,7 @@ step_execution = Table(
     Column("status", String(16), nullable=False),
     Column("version", Integer, nullable=False),
     Column("exit_code", String(32)),
-    Column("exit_message", Text),
+    Column("exit_message", SafeText),
     Column("started_at", UTCDateTime),
     Column("ended_at", UTCDateTime),
     Column("context", JSONText, nullable=False),
@@ -155,8 +180,8 @@ skipped_item = Table(
     Column("step_execution_id", Id, ForeignKey("step_execution.id"), nullable=False),
     Column("phase", String(16), nullable=False),
     Column("position", BigInteger),
-    Column("item", Text),
-    Column("error", Text, nullable=False),
+    Column("item", SafeText),
+    Column("error", SafeText, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Index("ix_skipped_item_step_execution_id", "step_execution_id"),
 )

@@ -19,7 +19,7 @@ import pytest
 
 from batchctl.config import Config
 from batchctl.errors import NotLive
-from batchctl.launcher import process_alive
+from batchctl.host import pid_scope, process_alive
 from batchctl.model import JobExecution, Status, utcnow
 from batchctl.operator import Batch
 from tests.conftest import wait_for
@@ -74,14 +74,17 @@ def make_live(
     status: Status = Status.STARTED,
     pid: int | None,
     host: str | None = None,
+    scope: str | None = None,
     heartbeat_age: float = 0.0,
 ) -> JobExecution:
-    """A live execution as a process left it: `status`, its pid and host, its last heartbeat."""
+    """A live execution as a process left it: `status`, its pid, host and pid scope (this
+    process's unless given), its last heartbeat."""
     execution, _ = batch.create_start("nightly", {"day": day}, detach=True)
     changes: dict[str, Any] = {
         "status": status,
         "pid": pid,
         "host": host or socket.gethostname(),
+        "pid_scope": pid_scope() if scope is None else scope,
         "heartbeat_at": utcnow() - timedelta(seconds=heartbeat_age),
     }
     if status != Status.STARTING:
@@ -152,6 +155,18 @@ def test_a_live_process_with_a_fresh_heartbeat_is_left_alone(lost_batch: Batch) 
         here.id: Status.STARTED,
         elsewhere.id: Status.STARTED,
     }
+
+
+def test_a_pid_from_another_pid_namespace_or_boot_is_not_judged(
+    lost_batch: Batch, dead_pid: int
+) -> None:
+    # The same host name, but the pid was recorded in another container or before a reboot:
+    # that a process with this number is gone here says nothing about it.
+    other = make_live(lost_batch, "d1", pid=dead_pid, scope="another-boot/pid:[4026530000]")
+    unknown = make_live(lost_batch, "d2", pid=dead_pid, scope="")
+    assert lost_batch.recover_lost() == []
+    assert lost_batch.execution(other.id).status == Status.STARTED
+    assert lost_batch.execution(unknown.id).status == Status.STARTED
 
 
 def test_every_operation_marks_lost_executions_before_deciding(

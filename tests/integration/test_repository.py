@@ -38,7 +38,9 @@ def test_the_schema_is_created_on_first_use(repository: Repository) -> None:
 
 
 def test_a_new_execution_starts_as_starting_with_version_zero(repository: Repository) -> None:
-    execution = repository.create_execution("job", KEY_A, {"n": 1}, afresh, host="h", pid=42)
+    execution = repository.create_execution(
+        "job", KEY_A, {"n": 1}, afresh, process={"host": "h", "pid": 42, "pid_scope": "s"}
+    )
     assert execution.status == Status.STARTING
     assert execution.version == 0
     assert execution.params == {"n": 1}
