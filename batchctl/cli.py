@@ -305,6 +305,42 @@ def jobs(as_json: JsonOption = False) -> None:
         render.print_jobs(found)
 
 
+@app.command("schedules")
+def schedules_(
+    name: Annotated[Optional[str], typer.Argument(help="One schedule: list its next fires.")] = None,
+    count: Annotated[
+        Optional[int], typer.Option("--next", "-n", min=1, help="With NAME: how many fires (5).")
+    ] = None,
+    after: Annotated[
+        Optional[str],
+        typer.Option(help="With NAME: fires after this ISO 8601 instant (default now; without "
+                     "an offset, in the schedule's time zone)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Schedules and their next fire; with NAME, its next fires and their params (writes nothing)."""
+    from batchctl import render
+    from batchctl.errors import UsageError
+    from batchctl.model import utcnow
+    from batchctl.schedules import find_schedule, load_schedules, next_fires, parse_instant
+    from batchctl.schedules import output, time_zone
+
+    if name is None and (count is not None or after is not None):
+        raise UsageError("--next and --after need a schedule NAME")
+    batch, now = _options.open(), utcnow()
+    valid, problems = load_schedules(batch.config, batch.registry, now=now)
+    if name is not None:
+        schedule = find_schedule(name, valid, problems)
+        start = parse_instant(after, time_zone(schedule.timezone)) if after else now
+        output.print_fires(schedule, next_fires(schedule, start, count or 5), as_json=as_json)
+        return
+    output.print_schedules(valid, now, as_json=as_json)
+    for problem in problems:
+        render.error(str(problem))
+    if problems:
+        raise typer.Exit(EXIT_USAGE)
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the repository schema."""

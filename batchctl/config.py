@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,6 +32,7 @@ _ENV_NAMES = {
 }
 _PATH_KEYS = ("jobs_dir", "log_dir")
 _NUMBER_KEYS = ("heartbeat_interval", "heartbeat_timeout")
+SCHEDULES_KEY = "schedules"  # [batchctl.schedules.NAME] tables, read by batchctl.schedules
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Config:
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
     source: Path | None = None
+    schedules: Mapping[str, Any] = field(default_factory=dict, hash=False)  # raw tables
 
     @classmethod
     def load(
@@ -61,7 +63,8 @@ class Config:
         file = _find_file(path, env, cwd)
         base = file.parent if file else cwd
         values: dict[str, Any] = _read_file(file) if file else {}
-        config = _from_values(values, base, file)
+        schedules = values.pop(SCHEDULES_KEY, {})
+        config = replace(_from_values(values, base, file), schedules=schedules)
         config = _apply(config, _from_env(env), cwd, "environment")
         overrides = {"database": database_url, "jobs_dir": jobs_dir}
         config = _apply(config, {k: v for k, v in overrides.items() if v is not None}, cwd, "option")
@@ -112,6 +115,12 @@ def _read_file(file: Path) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(f"{file}: 'batchctl' must be a table")
     for key, value in table.items():
+        if key == SCHEDULES_KEY:
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{file}: 'batchctl.schedules' must be [batchctl.schedules.NAME] tables"
+                )
+            continue
         if key not in _ENV_NAMES:
             known = ", ".join(_ENV_NAMES)
             raise ConfigError(f"{file}: unknown key 'batchctl.{key}' (known keys: {known})")

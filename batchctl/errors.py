@@ -53,6 +53,14 @@ class JobDefinitionError(UsageError):
     """A job is defined incorrectly."""
 
 
+class ScheduleError(UsageError):
+    """A schedule is defined incorrectly."""
+
+
+class UnknownSchedule(UsageError):
+    """No schedule by that name is defined."""
+
+
 # -- refused by the state of an execution: exit 4 ----------------------------------------------
 
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from batchctl.errors import JobDefinitionError
 from batchctl.model import Param, convert_params
+from batchctl.schedules import schedule as _schedule
 
 JOB_LISTENER_METHODS = ("before_job", "after_job")
 STEP_LISTENER_METHODS = ("before_step", "after_step")
@@ -172,6 +173,7 @@ class Job:
     listeners: list[Any] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list, init=False)
     defined_in: str = field(default="", init=False, compare=False)
+    schedules: list[_schedule.Schedule] = field(default_factory=list, init=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -347,6 +349,32 @@ class Job:
             if step.name == name:
                 return step
         raise JobDefinitionError(f"job {self.name!r} has no step {name!r}")
+
+    # -- schedules ------------------------------------------------------------------------------
+
+    def schedule(
+        self,
+        cron: str,
+        *,
+        name: str | None = None,
+        timezone: str = _schedule.DEFAULT_TIMEZONE,
+        params: _schedule.ScheduleParams | None = None,
+        catchup: str = _schedule.DEFAULT_CATCHUP,
+        max_catchup: int = _schedule.DEFAULT_MAX_CATCHUP,
+        enabled: bool = True,
+        grace: float = _schedule.DEFAULT_GRACE,
+    ) -> _schedule.Schedule:
+        """Fire this job on `cron` read in `timezone` (see `batchctl.schedules.Schedule`); the
+        name defaults to the job's. Checked when schedules are loaded, not here."""
+        caller = sys._getframe(1)
+        schedule = _schedule.Schedule(
+            name=self.name if name is None else name, job=self.name, cron=cron,
+            timezone=timezone, params={} if params is None else params, catchup=catchup,
+            max_catchup=max_catchup, enabled=enabled, grace=grace, source="code",
+            defined_in=f"{caller.f_code.co_filename}:{caller.f_lineno}",
+        )
+        self.schedules.append(schedule)
+        return schedule
 
     # -- listeners ------------------------------------------------------------------------------
 
