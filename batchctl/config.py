@@ -8,6 +8,7 @@ folder.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, replace
@@ -22,6 +23,7 @@ DEFAULT_JOBS_DIR = "jobs"
 DEFAULT_LOG_DIR = "logs"
 DEFAULT_HEARTBEAT_INTERVAL = 5.0  # seconds between two heartbeats of a running execution
 DEFAULT_HEARTBEAT_TIMEOUT = 60.0  # a live execution silent this long is taken as lost
+MAX_SECONDS = 365 * 86_400.0  # the most seconds a setting takes (a year): more overflows sleeps
 
 _ENV_NAMES = {
     "database": "BATCHCTL_DATABASE_URL",
@@ -128,8 +130,13 @@ def _check_type(key: str, value: Any, where: str) -> Any:
                 raise ConfigError(f"{where} must be a number of seconds, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number of seconds, got {value!r}")
-        if value <= 0:
-            raise ConfigError(f"{where} must be greater than 0, got {value!r}")
+        # NaN compares false with everything, so `value <= 0` alone would let it through and
+        # the engine would never heartbeat; infinity and huge values overflow sleeps.
+        if not math.isfinite(value) or not 0 < value <= MAX_SECONDS:
+            raise ConfigError(
+                f"{where} must be greater than 0 and at most {MAX_SECONDS:.0f} seconds, "
+                f"got {value!r}"
+            )
         return float(value)
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where} must be a non-empty string, got {value!r}")

@@ -193,6 +193,10 @@ def test_an_unknown_key_names_the_file_and_the_key(tmp_path: Path) -> None:
         ('heartbeat_interval = "soon"', "must be a number of seconds"),
         ("heartbeat_interval = true", "must be a number of seconds"),
         ("heartbeat_timeout = -1", "must be greater than 0"),
+        ("heartbeat_interval = nan", "must be greater than 0"),
+        ("heartbeat_interval = -nan", "must be greater than 0"),
+        ("heartbeat_timeout = inf", "must be greater than 0"),
+        ("heartbeat_timeout = 1e30", "at most 31536000 seconds"),
         ("database = 5", "must be a non-empty string"),
         ('jobs_dir = ""', "must be a non-empty string"),
         ("log_dir = [1, 2]", "must be a non-empty string"),
@@ -228,6 +232,15 @@ def test_an_explicit_file_without_a_batchctl_table_is_an_error(tmp_path: Path) -
 def test_a_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="BATCHCTL_HEARTBEAT_TIMEOUT"):
         Config.load(env={"BATCHCTL_HEARTBEAT_TIMEOUT": "never"}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e999", "0", "-5"])
+def test_a_non_finite_or_non_positive_environment_number_is_refused(
+    tmp_path: Path, value: str
+) -> None:
+    """NaN compares false with everything: accepted, the engine would never heartbeat."""
+    with pytest.raises(ConfigError, match="BATCHCTL_HEARTBEAT_INTERVAL must be greater than 0"):
+        Config.load(env={"BATCHCTL_HEARTBEAT_INTERVAL": value}, cwd=tmp_path)
 
 
 def test_a_heartbeat_timeout_not_above_the_interval_is_an_error(tmp_path: Path) -> None:
