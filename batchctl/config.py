@@ -193,11 +193,14 @@ def resolve_database_url(value: str, base: Path) -> str:
     return value
 
 
-_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)@")
+# The password runs from the first ':' after the user name to the *last* '@' of the word: an
+# unencoded '@' in a password (`u:S3cr@tPw@host`) must not leave its tail visible. When in
+# doubt this masks too much (an '@' in the query), never too little.
+_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/\s]*:)(?P<password>\S*)@")
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***: safe to print."""
+    """The URL (or any text holding URLs) with every password replaced by ***: safe to print."""
     return _PASSWORD.sub(lambda m: f"{m['head']}***@", url)
 
 

@@ -263,6 +263,12 @@ def test_a_config_error_exits_with_the_environment_code() -> None:
         ("postgresql+psycopg://u:p%40ss@h/d?x=1", "postgresql+psycopg://u:***@h/d?x=1"),
         ("postgresql://batch@db/jobs", "postgresql://batch@db/jobs"),
         ("sqlite:////tmp/repo.db", "sqlite:////tmp/repo.db"),
+        # An unencoded '@' (or '/', '?') in the password: none of it may show.
+        ("postgresql://u:S3cr@tPw@host/db", "postgresql://u:***@host/db"),
+        ("postgresql://u:a@b@c@host:5432/db?x=1", "postgresql://u:***@host:5432/db?x=1"),
+        ("postgresql://u:p/ss?w@host/db", "postgresql://u:***@host/db"),
+        ("postgresql://user@tenant:s3cret@host/db", "postgresql://user@tenant:***@host/db"),
+        ("postgresql://batch@db:5432/jobs", "postgresql://batch@db:5432/jobs"),
     ],
 )
 def test_mask_url_hides_only_the_password(url: str, shown: str) -> None:
@@ -273,6 +279,13 @@ def test_mask_url_hides_a_url_inside_a_message() -> None:
     message = "cannot reach postgresql://u:hunter2@h/d: refused"
     assert "hunter2" not in mask_url(message)
     assert "postgresql://u:***@h/d" in mask_url(message)
+
+
+def test_mask_url_hides_a_password_with_an_at_sign_inside_a_message() -> None:
+    message = "cannot reach postgresql://u:S3cr@tPw@h/d: failed to resolve host"
+    masked = mask_url(message)
+    assert "S3cr" not in masked and "tPw" not in masked
+    assert masked == "cannot reach postgresql://u:***@h/d: failed to resolve host"
 
 
 def test_the_displayed_database_url_is_masked(tmp_path: Path) -> None:
