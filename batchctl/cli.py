@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from batchctl.operator import Batch
 
 HIDDEN_COMMAND = "run-execution"  # the same name as batchctl.launcher.HIDDEN_COMMAND
+MAX_LIMIT = 2**63 - 1  # the largest --limit a database takes (batchctl.model.MAX_ID)
 
 app = typer.Typer(
     name="batchctl",
@@ -98,10 +99,11 @@ def start(
     as_json: JsonOption = False,
 ) -> None:
     """Run a job. Exit code: 0 completed, 1 failed, 3 stopped (--detach: 0 once launched)."""
-    from batchctl.operator import parse_params
+    from batchctl.model import parse_params
 
     given = parse_params(params)
     batch = _options.open()
+    _prepare_detach(batch, detach)
     execution, found = batch.create_start(job, given, detach=detach)
     _run_or_launch(batch, found, execution, detach=detach, as_json=as_json)
 
@@ -116,8 +118,34 @@ def restart(
 ) -> None:
     """Resume a STOPPED or FAILED instance where it stopped: completed steps are skipped."""
     batch = _options.open()
-    execution, found = batch.create_restart(target, detach=detach)
+    _prepare_detach(batch, detach)
+    execution, found = batch.create_restart(_target(target), detach=detach)
     _run_or_launch(batch, found, execution, detach=detach, as_json=as_json)
+
+
+def _target(target: str) -> str:
+    """A JOB|ID argument, refused early when it is an id no repository can hold (beyond 64
+    bits), which would otherwise reach the driver as an overflow."""
+    from batchctl.model import parse_execution_id
+
+    if target.isascii() and target.isdigit():
+        parse_execution_id(target)
+    return target
+
+
+def _execution_id(execution_id: int) -> int:
+    """An ID argument (click has made it an int): beyond 64 bits it names no execution."""
+    from batchctl.model import parse_execution_id
+
+    return parse_execution_id(execution_id)
+
+
+def _prepare_detach(batch: Batch, detach: bool) -> None:
+    """A detached run needs its log folder: say so (exit 5) before an execution is recorded."""
+    if detach:
+        from batchctl.launcher import prepare_log_dir
+
+        prepare_log_dir(batch.config)
 
 
 def _run_or_launch(batch: Batch, job: Any, execution: Any, *, detach: bool, as_json: bool) -> None:
@@ -170,7 +198,7 @@ def stop(
     """Ask a live execution to stop at its next checkpoint."""
     from batchctl import render
 
-    execution = _options.open().stop(target, wait=wait, timeout=timeout)
+    execution = _options.open().stop(_target(target), wait=wait, timeout=timeout)
     if as_json:
         render.print_json(render.execution_dict(execution))
     else:
@@ -185,7 +213,7 @@ def abandon(
     """Mark a STOPPED, FAILED or UNKNOWN execution ABANDONED: it will never be restarted."""
     from batchctl import render
 
-    execution = _options.open().abandon(execution_id)
+    execution = _options.open().abandon(_execution_id(execution_id))
     if as_json:
         render.print_json(render.execution_dict(execution))
     else:
@@ -202,7 +230,7 @@ def logs(
     """Print a detached execution's log."""
     from batchctl.launcher import read_log
 
-    for chunk in read_log(_options.open(), execution_id, follow=follow):
+    for chunk in read_log(_options.open(), _execution_id(execution_id), follow=follow):
         sys.stdout.write(chunk)
         sys.stdout.flush()
 
@@ -257,7 +285,9 @@ def history(
         Optional[list[str]],
         typer.Option("--status", "-s", help="Only executions with this status (repeatable)."),
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most N executions.")] = 20,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=MAX_LIMIT, help="At most N executions.")
+    ] = 20,
     as_json: JsonOption = False,
 ) -> None:
     """Executions, newest first."""
@@ -281,6 +311,7 @@ def show(
     from batchctl import render
 
     batch = _options.open()
+    execution_id = _execution_id(execution_id)
     execution = batch.execution(execution_id)
     steps = batch.step_executions(execution_id)
     skipped = batch.skipped_items(execution_id)
@@ -413,10 +444,12 @@ def _unexpected(exc: Exception) -> int:
 
 def _report(message: str, exc: BaseException | None) -> None:
     from batchctl.config import mask_url
+    from batchctl.render import printable
 
     text = message.strip().splitlines()[0] if message.strip() else "failed"
+    text = printable(text)  # a job's exception text must not drive the terminal either
     if _options.debug and exc is not None:
-        sys.stderr.write(_mask("".join(traceback.format_exception(exc))))
+        sys.stderr.write(_mask(printable("".join(traceback.format_exception(exc)), newlines=True)))
     sys.stderr.write(_mask(mask_url(f"batchctl: error: {text}")) + "\n")
     sys.stderr.flush()
 

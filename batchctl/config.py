@@ -8,6 +8,7 @@ folder.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,7 @@ DEFAULT_JOBS_DIR = "jobs"
 DEFAULT_LOG_DIR = "logs"
 DEFAULT_HEARTBEAT_INTERVAL = 5.0  # seconds between two heartbeats of a running execution
 DEFAULT_HEARTBEAT_TIMEOUT = 60.0  # a live execution silent this long is taken as lost
+MAX_SECONDS = 365 * 86_400.0  # the most seconds a setting takes (a year): more overflows sleeps
 
 _ENV_NAMES = {
     "database": "BATCHCTL_DATABASE_URL",
@@ -137,8 +139,13 @@ def _check_type(key: str, value: Any, where: str) -> Any:
                 raise ConfigError(f"{where} must be a number of seconds, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number of seconds, got {value!r}")
-        if value <= 0:
-            raise ConfigError(f"{where} must be greater than 0, got {value!r}")
+        # NaN compares false with everything, so `value <= 0` alone would let it through and
+        # the engine would never heartbeat; infinity and huge values overflow sleeps.
+        if not math.isfinite(value) or not 0 < value <= MAX_SECONDS:
+            raise ConfigError(
+                f"{where} must be greater than 0 and at most {MAX_SECONDS:.0f} seconds, "
+                f"got {value!r}"
+            )
         return float(value)
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where} must be a non-empty string, got {value!r}")
@@ -195,11 +202,14 @@ def resolve_database_url(value: str, base: Path) -> str:
     return value
 
 
-_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)@")
+# The password runs from the first ':' after the user name to the *last* '@' of the word: an
+# unencoded '@' in a password (`u:S3cr@tPw@host`) must not leave its tail visible. When in
+# doubt this masks too much (an '@' in the query), never too little.
+_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/\s]*:)(?P<password>\S*)@")
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***: safe to print."""
+    """The URL (or any text holding URLs) with every password replaced by ***: safe to print."""
     return _PASSWORD.sub(lambda m: f"{m['head']}***@", url)
 
 

@@ -32,7 +32,8 @@ PARTITION_MODES = ("process", "thread", "remote")
 DEFAULT_SKIP_LIMIT = 10  # skips a chunk step tolerates when `skip` is given (Spring Batch's default)
 DEFAULT_RETRY_LIMIT = 3  # retries of a failing item or chunk write when `retry` is given
 
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
+# Used with fullmatch: `^...$` with match() lets a name end in a newline.
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*")
 
 StepFunction = Callable[["StepContext"], Any]
 Processor = Callable[[Any, "StepContext"], Any]
@@ -176,7 +177,7 @@ class Job:
     schedules: list[_schedule.Schedule] = field(default_factory=list, init=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise JobDefinitionError(
                 f"invalid job name {self.name!r}: use letters, digits, '_', '.', ':' or '-'"
             )
@@ -338,7 +339,7 @@ class Job:
         return step
 
     def _add_step(self, step: Step) -> None:
-        if not _NAME.match(step.name):
+        if not _NAME.fullmatch(step.name):
             raise JobDefinitionError(f"job {self.name!r}: invalid step name {step.name!r}")
         if any(existing.name == step.name for existing in self.steps):
             raise JobDefinitionError(f"job {self.name!r}: duplicate step name {step.name!r}")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from batchctl.config import Config
-from batchctl.errors import UsageError
+from batchctl.errors import EnvironmentProblem, UsageError
 from batchctl.host import process_alive  # noqa: F401 - re-exported: tests and callers use it here
 from batchctl.job import Job
 from batchctl.model import JobExecution
@@ -27,21 +27,36 @@ from batchctl.model import JobExecution
 HIDDEN_COMMAND = "run-execution"
 LOG_FOLLOW_POLL = 0.2  # seconds between two looks at a followed log
 LOG_FINAL_WAIT = 2.0  # seconds `logs --follow` waits for an ended execution's process to exit
+LOG_FILE_MODE = 0o600  # a detached execution's log: readable by its owner only (params, data)
 
 
 def log_path_for(config: Config, execution: JobExecution) -> Path:
     return config.log_dir / f"{execution.job_name}-{execution.id}.log"
 
 
+def prepare_log_dir(config: Config) -> None:
+    """Create the log folder, or say why it cannot be one (exit 5), before a detached
+    execution is recorded: a `log_dir` that is a file must not leave a FAILED execution behind."""
+    folder = config.log_dir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise EnvironmentProblem(f"log_dir {folder} is not a folder") from None
+    except OSError as exc:
+        raise EnvironmentProblem(f"log_dir {folder} cannot be created: {exc.strerror}") from None
+
+
 def spawn(config: Config, execution: JobExecution, log_path: Path) -> int:
     """Start the process that runs `execution`; return its pid without waiting for it.
 
     The child gets the fully resolved configuration through its environment (never on its
-    command line, where a database password would show in `ps`).
+    command line, where a database password would show in `ps`). The log is created 0600
+    whatever the umask: it holds the job's params and whatever the job logs.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "batchctl", HIDDEN_COMMAND, str(execution.id)]
-    with open(log_path, "ab") as log:
+    descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_FILE_MODE)
+    with open(descriptor, "ab") as log:
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Mapping
 
-from batchctl.errors import InvalidParams, UnstorableValue
+from batchctl.errors import InvalidParams, UnknownExecution, UnstorableValue, UsageError
 
 
 class Status(str, enum.Enum):
@@ -83,6 +83,30 @@ EXIT_CODE_FOR_STATUS = {
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+MAX_ID = 2**63 - 1  # ids are 64-bit signed integers (BIGINT) in both databases
+
+
+def parse_execution_id(value: str | int) -> int:
+    """An execution id as given on the command line or by a caller.
+
+    An id beyond the 64-bit range names no execution: it is refused here as any missing id is
+    (UnknownExecution, exit 2), instead of reaching the driver as an overflow. Digits are ASCII
+    digits only (`str.isdigit` also accepts '²' and '١', which `int` then refuses or reads).
+    """
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit()):
+            raise UsageError(f"not an execution id: {value!r}")
+        if len(value.lstrip("0")) > len(str(MAX_ID)):  # never convert thousands of digits
+            shown = value if len(value) <= 30 else f"{value[:20]}… ({len(value)} digits)"
+            raise UnknownExecution(f"no execution with id {shown}")
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"not an execution id: {value!r}")
+    if not 0 <= value <= MAX_ID:
+        raise UnknownExecution(f"no execution with id {value}")
+    return value
 
 
 @dataclass
@@ -221,6 +245,72 @@ class SkippedItem:
 
 PARAM_TYPES: tuple[type, ...] = (str, int, float, bool, date, datetime)
 _REQUIRED = object()
+MAX_PARAM_DEPTH = 100  # nesting levels of a param value: far beyond real params, far below the
+# depth at which Python's json (and the instance key's canonical JSON) give up with RecursionError
+MAX_INT_DIGITS = 4_000  # digits of an integer in params: Python refuses to print beyond 4,300
+_INT_LIMIT = 10**MAX_INT_DIGITS
+SHOWN_VALUE_WIDTH = 60  # characters of a refused value quoted in an error
+
+
+class _Refused(str):
+    """A literal of params JSON that Python's json would read but a param must not hold (NaN,
+    Infinity, an integer too long to print), kept as the reason so that `check_param_value`
+    refuses it naming the param."""
+
+
+def _not_a_number(literal: str) -> _Refused:
+    return _Refused(f"{literal}: NaN and Infinity are not JSON numbers")
+
+
+def _parse_int(text: str) -> int | _Refused:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        return _Refused(f"an integer of more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def parse_params(text: str | None) -> dict[str, Any]:
+    """The `--params` JSON object; InvalidParams for anything else, naming the param when one
+    value is the problem: nesting past MAX_PARAM_DEPTH, NaN or Infinity, an integer of more than
+    MAX_INT_DIGITS digits."""
+    if text is None or not text.strip():
+        return {}
+    try:
+        value = json.loads(text, parse_constant=_not_a_number, parse_int=_parse_int)
+    except json.JSONDecodeError as exc:
+        raise InvalidParams(f"--params is not valid JSON: {exc.msg} at character {exc.pos}") from None
+    except RecursionError:
+        raise InvalidParams(
+            f"--params is nested too deeply (at most {MAX_PARAM_DEPTH} levels)"
+        ) from None
+    if not isinstance(value, dict):
+        raise InvalidParams("--params must be a JSON object, like '{\"date\": \"2024-01-31\"}'")
+    for name, item in value.items():
+        check_param_value(name, item)
+    return value
+
+
+def check_param_value(name: str, value: Any) -> None:
+    """Refuse a param value that has no JSON form or would break the instance key: NaN or
+    Infinity anywhere in it, nesting past MAX_PARAM_DEPTH, an integer too long to print.
+    Iterative, so that the check itself cannot overflow the stack."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list, tuple)):
+            if depth > MAX_PARAM_DEPTH:
+                raise InvalidParams(
+                    f"param {name!r} is nested more than {MAX_PARAM_DEPTH} levels deep"
+                )
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+        elif isinstance(item, _Refused):
+            raise InvalidParams(f"param {name!r} holds {item}")
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise InvalidParams(f"param {name!r} holds {_not_a_number(json.dumps(item))}")
+        elif isinstance(item, int) and not -_INT_LIMIT < item < _INT_LIMIT:
+            raise InvalidParams(
+                f"param {name!r} holds an integer of more than {MAX_INT_DIGITS} digits"
+            )
 
 
 @dataclass(frozen=True)
@@ -248,6 +338,8 @@ def convert_params(declared: Mapping[str, Param], given: Mapping[str, Any]) -> d
     """
     if not isinstance(given, Mapping):
         raise InvalidParams("params must be a JSON object")
+    for name, value in given.items():
+        check_param_value(str(name), value)
     converted: dict[str, Any] = {}
     for name, param in declared.items():
         if name not in given or given[name] is None:
@@ -266,9 +358,13 @@ def _convert(name: str, kind: type, value: Any) -> Any:
     try:
         return _CONVERTERS[kind](value)
     except (ValueError, TypeError, OverflowError):
-        raise InvalidParams(
-            f"param {name!r} must be {_ARTICLE[kind]}, got {json.dumps(value, default=str)}"
-        ) from None
+        raise InvalidParams(f"param {name!r} must be {_ARTICLE[kind]}, got {_shown(value)}") from None
+
+
+def _shown(value: Any) -> str:
+    """A refused value as JSON, cut to SHOWN_VALUE_WIDTH characters: an error stays one short line."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= SHOWN_VALUE_WIDTH else text[: SHOWN_VALUE_WIDTH - 1] + "…"
 
 
 def _to_str(value: Any) -> str:

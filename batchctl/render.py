@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import sys
 from datetime import date, datetime
 from typing import Any, Iterable, Sequence
@@ -41,6 +43,31 @@ stderr = Console(
     stderr=True, highlight=False, markup=False, emoji=False,
     width=None if sys.stderr.isatty() else _PIPE_WIDTH,
 )
+
+
+# User text (messages, names, items, params) may hold terminal control sequences: `\x1b[2J`
+# clears the screen, `\x1b]0;...\x07` sets the window title. Shown escaped, never sent raw:
+# C0 and C1 controls and DEL, bidirectional overrides (which reorder what is shown), and lone
+# surrogates (which cannot be encoded for the terminal at all). Rich itself strips only a few.
+_UNPRINTABLE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_UNPRINTABLE_OR_NEWLINE = re.compile(f"[\n{_UNPRINTABLE.pattern[1:-1]}]")
+
+
+def printable(text: str, *, newlines: bool = False) -> str:
+    """`text` safe to show on a terminal: control characters as `\\x1b`, `\\u202e`...
+    (newlines too, unless `newlines`)."""
+    pattern = _UNPRINTABLE if newlines else _UNPRINTABLE_OR_NEWLINE
+    return pattern.sub(_escape, text)
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    if match[0] in _ESCAPES:
+        return _ESCAPES[match[0]]
+    code = ord(match[0])
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 # -- JSON -----------------------------------------------------------------------------------------
@@ -141,8 +168,24 @@ def job_dict(job: Job) -> dict[str, Any]:
 
 
 def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=_json_default) + "\n")
+    """Standard JSON only: a NaN or Infinity (in a context a job saved) is printed as null,
+    since `json` would write `NaN`, which other JSON parsers refuse."""
+    try:
+        text = json.dumps(value, indent=2, default=_json_default, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(value), indent=2, default=_json_default, allow_nan=False)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -172,7 +215,7 @@ def print_history(executions: Sequence[JobExecution]) -> None:
     for execution in executions:
         table.add_row(
             str(execution.id),
-            execution.job_name,
+            printable(execution.job_name),
             _params_text(execution.params),
             status_text(execution.status),
             _local(execution.started_at),
@@ -190,7 +233,7 @@ def print_execution(
     header.add_column(style="bold")
     header.add_column()
     header.add_row("execution", str(execution.id))
-    header.add_row("job", execution.job_name)
+    header.add_row("job", printable(execution.job_name))
     header.add_row("instance", str(execution.instance_id))
     header.add_row("params", _params_text(execution.params))
     header.add_row("status", status_text(execution.status))
@@ -198,13 +241,13 @@ def print_execution(
     header.add_row("started", _local(execution.started_at))
     header.add_row("ended", _local(execution.ended_at))
     header.add_row("duration", _duration(execution.duration))
-    header.add_row("host / pid", f"{execution.host or '-'} / {execution.pid or '-'}")
+    header.add_row("host / pid", printable(f"{execution.host or '-'} / {execution.pid or '-'}"))
     if execution.resumed_from:
         header.add_row("resumes", f"execution {execution.resumed_from}")
     if execution.log_path:
-        header.add_row("log", execution.log_path)
+        header.add_row("log", printable(execution.log_path))
     if execution.exit_message:
-        header.add_row("message", execution.exit_message.rstrip())
+        header.add_row("message", printable(execution.exit_message.rstrip(), newlines=True))
     stdout.print(header)
     if not steps:
         return
@@ -216,10 +259,10 @@ def print_execution(
     for column in columns:
         table.add_column(column)
     for step in steps:
-        worker = (f"{step.host}/{step.pid}" if step.pid else "-",) if partitioned else ()
+        worker = (printable(f"{step.host}/{step.pid}") if step.pid else "-",) if partitioned else ()
         table.add_row(
             str(step.id),
-            step.name,
+            printable(step.name),
             status_text(step.status),
             *worker,
             _local(step.started_at),
@@ -256,12 +299,12 @@ def print_skipped(skipped: Sequence[SkippedItem]) -> None:
     for column in ("step", "phase", "item #", "error", "item"):
         table.add_column(column, justify="right" if column == "item #" else "left")
     for item in skipped:
-        text = str(item.item) if item.item is not None else "-"
+        text = printable(str(item.item)) if item.item is not None else "-"
         if len(text) > SKIPPED_ITEM_WIDTH:
             text = text[: SKIPPED_ITEM_WIDTH - 1] + "…"
         table.add_row(
-            item.step_name or str(item.step_execution_id),
-            item.phase,
+            printable(item.step_name or str(item.step_execution_id)),
+            printable(item.phase),
             str(item.position) if item.position is not None else "-",
             _first_line(item.error_text),
             Text(text),
@@ -282,14 +325,15 @@ def print_jobs(jobs: Sequence[Job]) -> None:
             f"{name}: {param.type.__name__}" + ("" if param.required else f" = {param.default!r}")
             for name, param in job.declared_params.items()
         )
-        table.add_row(job.name, job.description, params, ", ".join(s.name for s in job.steps))
+        steps = ", ".join(step.name for step in job.steps)
+        table.add_row(*map(printable, (job.name, job.description, params, steps)))
     stdout.print(table)
 
 
 def print_outcome(execution: JobExecution) -> None:
     """The one-line result of a foreground run."""
     line = Text.assemble(
-        f"execution {execution.id} of {execution.job_name} ",
+        f"execution {execution.id} of {printable(execution.job_name)} ",
         status_text(execution.status),
         f" in {_duration(execution.duration)}",
     )
@@ -301,18 +345,19 @@ def print_outcome(execution: JobExecution) -> None:
 def print_launched(execution: JobExecution) -> None:
     """What a detached start prints: the id to stop or restart it by, its pid and log."""
     stdout.print(
-        f"execution {execution.id} of {execution.job_name} launched: pid {execution.pid}, "
-        f"log {execution.log_path}"
+        printable(
+            f"execution {execution.id} of {execution.job_name} launched: pid {execution.pid}, "
+            f"log {execution.log_path}"
+        )
     )
 
 
 def print_stop(execution: JobExecution, *, waited: bool) -> None:
+    name = printable(execution.job_name)
     if not waited:
-        stdout.print(f"execution {execution.id} of {execution.job_name} is stopping")
+        stdout.print(f"execution {execution.id} of {name} is stopping")
         return
-    line = Text.assemble(
-        f"execution {execution.id} of {execution.job_name} ended ", status_text(execution.status)
-    )
+    line = Text.assemble(f"execution {execution.id} of {name} ended ", status_text(execution.status))
     if execution.status == Status.COMPLETED:
         line.append(" (it completed before it could stop)")
     stdout.print(line)
@@ -347,19 +392,19 @@ def print_workers(workers: Sequence[Any]) -> None:
             else "idle"
         )
         table.add_row(
-            str(info.id), info.host, str(info.pid), info.kind, _local(info.started_at),
-            _local(info.heartbeat_at), running,
+            str(info.id), printable(info.host), str(info.pid), info.kind, _local(info.started_at),
+            _local(info.heartbeat_at), printable(running),
         )
     stdout.print(table)
 
 
 def warn(message: str) -> None:
-    stderr.print(Text(message, style="yellow"))
+    stderr.print(Text(printable(message), style="yellow"))
 
 
 def error(message: str) -> None:
     """One line on stderr: `batchctl: error: ...`."""
-    sys.stderr.write(f"batchctl: error: {message}\n")
+    sys.stderr.write(f"batchctl: error: {printable(message)}\n")
     sys.stderr.flush()
 
 
@@ -382,7 +427,7 @@ def _duration(seconds: float | None) -> str:
 
 
 def _first_line(message: str | None) -> str:
-    return message.strip().splitlines()[0] if message and message.strip() else ""
+    return printable(message.strip().splitlines()[0]) if message and message.strip() else ""
 
 
 # -- the run display ------------------------------------------------------------------------------

@@ -90,7 +90,8 @@ def build_row_converter(
         else:
             namespace[f"c{index}"] = convert
             values.append(f"(c{index}(v{index}) if v{index} else None)")
-    targets = "".join(f"v{index}, " for index in range(len(names)))
+    # No names (an empty file): `()` unpacks a record of no fields, and refuses any other.
+    targets = "".join(f"v{index}, " for index in range(len(names))) or "() "
     if row_type is dict:
         body = "{" + ", ".join(f"{name!r}: {value}" for name, value in zip(names, values)) + "}"
     elif row_type is tuple:
@@ -122,6 +123,8 @@ class CsvReader:
     `fieldnames`. A record that does not convert (or has the wrong number of fields) is a read
     error: skippable with `skip=(ValueError,)` on the step, recorded with its record number.
     Blank lines are ignored. Encodings must be ASCII-compatible (UTF-8, Latin-1, cp1252...).
+    A file with no header (empty, blank or only a byte-order mark) is zero items: an empty
+    extract is a normal day, not an error.
     """
 
     def __init__(
@@ -165,14 +168,15 @@ class CsvReader:
     def _start(self, path: Any, state: dict[str, Any]) -> None:
         lines = map(line_decoder(self.encoding), self._file)
         self._rows = csv.reader(lines, self.dialect, **self.fmtparams)
-        names = next(self._rows, None) if self.header else None
+        names = next(filter(None, self._rows), None) if self.header else None  # past blank lines
+        empty = self.header and names is None  # nothing but blank lines: zero items
         if self.fieldnames:
             names = self.fieldnames
         if names is None:
             names = []
         self.names = list(names)
         types = dict(self.types)
-        if dataclasses.is_dataclass(self.row_type):
+        if dataclasses.is_dataclass(self.row_type) and not empty:
             hints = typing.get_type_hints(self.row_type)
             fields = [field.name for field in dataclasses.fields(self.row_type)]
             missing = [name for name in fields if name not in self.names]
@@ -294,7 +298,9 @@ class CsvWriter(FileWriter):
 
     `fields` chooses and orders the columns (default: the first item's keys or fields); a
     header is written unless `header=False`. Each chunk is formatted whole before a byte is
-    written, so an item that cannot be formatted writes nothing and can be skipped.
+    written, so an item that cannot be formatted writes nothing and can be skipped. With
+    `fields` the header is written on opening, so that zero items still make a CSV file with
+    its header; without, zero items make an empty file (there is no item to take columns from).
     """
 
     def __init__(
@@ -335,6 +341,11 @@ class CsvWriter(FileWriter):
         saved = state.get("fields")
         self._fields = list(saved) if saved else self.fields
         self._getter = None
+        if self.fresh and self.header and self._fields:
+            self._csv.writerow(self._fields)
+            self.emit(self._buffer.getvalue().encode(self.encoding))
+            self._buffer.seek(0)
+            self._buffer.truncate()
 
     def saved_state(self) -> dict[str, Any]:
         return {"fields": self._fields} if self._fields else {}

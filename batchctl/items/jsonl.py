@@ -85,6 +85,10 @@ def _json_default(value: Any) -> Any:
 class JsonLinesWriter(FileWriter):
     """Writes each item as one line of JSON (dates as ISO text, dataclasses as objects).
 
+    Only standard JSON: an item holding a float NaN or Infinity, which JSON has no form for,
+    is refused with a ValueError (skippable with `skip=(ValueError,)` on the step) rather
+    than written as `NaN`, which other readers of the file would reject.
+
     ```
     JsonLinesWriter("out/events-{date:%Y%m%d}.jsonl", atomic=True)
     ```
@@ -102,10 +106,21 @@ class JsonLinesWriter(FileWriter):
         super().__init__(path, atomic=atomic, checksum=checksum)
         self.encoding = encoding
         self._dumps = json.JSONEncoder(
-            ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys, default=_json_default
+            ensure_ascii=False,
+            separators=(",", ":"),
+            sort_keys=sort_keys,
+            default=_json_default,
+            allow_nan=False,
         ).encode
 
     def write(self, items: list[Any]) -> None:
         if items:
-            text = "\n".join(map(self._dumps, items)) + "\n"
+            try:
+                text = "\n".join(map(self._dumps, items)) + "\n"
+            except ValueError as exc:
+                if "Out of range float" not in str(exc):
+                    raise
+                raise ValueError(
+                    "an item holds a float NaN or Infinity, which JSON has no form for"
+                ) from None
             self.emit(text.encode(self.encoding))

@@ -22,7 +22,8 @@ from batchctl.items.paths import resolve_url, template_values
 
 DEFAULT_PAGE_SIZE = 1000  # rows fetched per query by SqlReader (at least the chunk size)
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+# Used with fullmatch: `^...$` with match() lets a name end in a newline.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?")
 _BIND = re.compile(r"(?<![:\w]):([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -100,7 +101,7 @@ class SqlReader:
         else:
             self._engine, self._owned = _own_engine(resolve_url(self.url, ctx)), True
         preparer = self._engine.dialect.identifier_preparer
-        if _IDENTIFIER.match(self.source):
+        if _IDENTIFIER.fullmatch(self.source):
             source = _quote_name(preparer, self.source)
             names: list[str] = []
         else:
@@ -215,7 +216,7 @@ class SqlWriter:
             raise JobDefinitionError(f"SqlWriter mode must be 'insert' or 'upsert', not {mode!r}")
         if mode == "upsert" and not key:
             raise JobDefinitionError("SqlWriter in upsert mode needs key=")
-        if not _IDENTIFIER.match(table):
+        if not _IDENTIFIER.fullmatch(table):
             raise JobDefinitionError(f"SqlWriter: {table!r} is not a table name")
         self.table = table
         self.url = url

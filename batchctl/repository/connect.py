@@ -7,12 +7,13 @@ is locked". A read transaction is a plain deferred `BEGIN`.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InternalError, OperationalError
 
 from batchctl.config import mask_url
 from batchctl.errors import ConfigError, DatabaseUnavailable
@@ -22,6 +23,7 @@ RETRY_ATTEMPTS = 20  # serialization failures retried before the error reaches t
 RETRY_BACKOFF = 0.01  # seconds, doubled per attempt up to RETRY_BACKOFF_MAX
 RETRY_BACKOFF_MAX = 0.5
 READ_ONLY = "batchctl_read_only"  # execution option: begin a deferred (read) transaction
+SQLITE_FILE_MODE = 0o600  # a new SQLite repository: readable by its owner only (it holds params)
 
 T = TypeVar("T")
 
@@ -34,6 +36,13 @@ def create_repository_engine(url: str, *, pool_size: int | None = None) -> Engin
         parsed = make_url(url)
     except ArgumentError:
         raise ConfigError(f"invalid database URL: {mask_url(url)}") from None
+    if parsed.host and "@" in parsed.host:
+        # An unencoded '@' in the password: the URL parser ends the password at the first '@'
+        # and takes the rest for the host, which the driver would then print in its error.
+        raise ConfigError(
+            f"invalid database URL {mask_url(url)}: the password holds an '@'; "
+            "percent-encode it as %40"
+        )
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     backend = parsed.get_backend_name()
@@ -48,6 +57,7 @@ def create_repository_engine(url: str, *, pool_size: int | None = None) -> Engin
 
 
 def _sqlite_engine(url: Any, pool: dict[str, Any]) -> Engine:
+    _create_private_file(url.database)
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **pool)
 
     @event.listens_for(engine, "connect")
@@ -69,6 +79,19 @@ def _sqlite_engine(url: Any, pool: dict[str, Any]) -> Engine:
     return engine
 
 
+def _create_private_file(database: str | None) -> None:
+    """Create a missing SQLite file readable by its owner only, before SQLite creates it
+    world-readable under the usual 022 umask. Its -wal and -shm files take the database file's
+    permissions (SQLite copies them), so they are private too. An existing file is left as it
+    is: whoever created it chose its mode."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SQLITE_FILE_MODE))
+    except OSError:  # it exists, or its folder does not: SQLite says which on connecting
+        pass
+
+
 def is_retryable(exc: BaseException) -> bool:
     """True for errors the database asks us to answer by running the transaction again."""
     if not isinstance(exc, DBAPIError):
@@ -81,7 +104,11 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def is_unreachable(exc: BaseException) -> bool:
-    """True when the error means we could not talk to the database at all."""
+    """True when the error means we could not talk to the database at all, or may not write
+    to it (a read-only SQLite file or folder, a Postgres standby): the environment, not
+    batchctl, must change."""
+    if is_read_only(exc):
+        return True
     if not isinstance(exc, OperationalError):
         return False
     if getattr(exc, "connection_invalidated", False):
@@ -97,13 +124,27 @@ def is_unreachable(exc: BaseException) -> bool:
             "authentication failed",
             "server closed",
             "timeout expired",
+            "failed to resolve host",
+            "could not translate host name",
         )
     )
+
+
+def is_read_only(exc: BaseException) -> bool:
+    """True when the database refused a write because it is read-only."""
+    if not isinstance(exc, (OperationalError, InternalError)):
+        return False
+    if getattr(exc.orig, "sqlstate", None) == "25006":  # read_only_sql_transaction
+        return True
+    message = str(exc.orig).lower()
+    return "readonly database" in message or "read-only file system" in message
 
 
 def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
     reason = str(getattr(exc, "orig", exc)).strip().splitlines()
     detail = reason[0] if reason else type(exc).__name__
+    if is_read_only(exc):
+        return DatabaseUnavailable(f"the job repository {mask_url(url)} is read-only: {detail}")
     return DatabaseUnavailable(f"cannot reach the job repository {mask_url(url)}: {detail}")
 
 

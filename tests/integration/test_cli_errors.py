@@ -171,3 +171,116 @@ def test_the_database_password_is_never_printed(
     assert "secretpw" not in outcome.err + outcome.out
     assert "postgresql://postgres:***@127.0.0.1:1/x" in outcome.err
     assert ("Traceback" in outcome.err) == bool(debug)
+
+
+# -- issue 8, section 9: raw errors that must be one line -------------------------------------------
+
+DEEP_PARAMS = '{"n": ' + "[" * 10_000 + "]" * 10_000 + "}"
+HUGE_INT_PARAMS = '{"n": ' + "9" * 5_000 + "}"
+HUGE_ID = "99999999999999999999"  # beyond the 64-bit ids of both databases
+
+
+@pytest.mark.parametrize(
+    ("params", "phrase"),
+    [
+        (DEEP_PARAMS, "--params is nested too deeply"),
+        (HUGE_INT_PARAMS, "param 'n' holds an integer of more than 4000 digits"),
+        ('{"n": "' + "9" * 5_000 + '"}', "param 'n' must be an integer"),
+        ('{"n": NaN}', "param 'n' holds NaN"),
+        ('{"n": 1, "x": [Infinity]}', "param 'x' holds Infinity"),
+        ('{"n": -Infinity}', "param 'n' holds -Infinity"),
+    ],
+    ids=["deep", "huge-int", "huge-int-text", "nan", "nested-infinity", "minus-infinity"],
+)
+def test_params_python_json_accepts_but_json_has_not_exit_2(run_cli, rows, params: str, phrase: str) -> None:
+    """RecursionError, Python's int/str digit limit and NaN literals were raw exit-1 errors
+    (or accepted): each is one line naming the param, and nothing is recorded."""
+    outcome = run_cli("start", "hello", "--params", params)
+    line = assert_one_line_error(outcome, 2, phrase)
+    assert len(line) < 200
+    assert rows() == NO_ROWS
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["show", HUGE_ID], ["abandon", HUGE_ID], ["logs", HUGE_ID], ["stop", HUGE_ID],
+     ["restart", HUGE_ID], ["stop", "9" * 5_000]],
+    ids=["show", "abandon", "logs", "stop", "restart", "stop-5000-digits"],
+)
+def test_an_id_beyond_64_bits_is_no_execution_exit_2(run_cli, rows, command: list[str]) -> None:
+    """An OverflowError on SQLite, 'bigint out of range' on Postgres: now a missing id."""
+    outcome = run_cli(*command)
+    assert_one_line_error(outcome, 2, "no execution with id 9")
+    assert rows() == NO_ROWS
+
+
+def test_a_limit_beyond_64_bits_is_a_usage_error(run_cli) -> None:
+    outcome = run_cli("history", "--limit", HUGE_ID)
+    assert_one_line_error(outcome, 2, "--limit", "is not in the range")
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+@pytest.mark.parametrize("debug", [["--debug"], []])
+def test_an_unencoded_at_sign_in_the_password_exits_5_showing_none_of_it(
+    run_cli, monkeypatch, how: str, debug: list[str]
+) -> None:
+    """The driver used to print the password's tail as a host it could not resolve, exit 1."""
+    url = "postgresql://u:S3cr@tPw@127.0.0.1/db"
+    args = [*debug, "history"]
+    if how == "option":
+        args = ["--db", url, *args]
+    else:
+        monkeypatch.setenv("BATCHCTL_DATABASE_URL", url)
+    outcome = run_cli(*args)
+    assert outcome.code == 5
+    assert "S3cr" not in outcome.err and "tPw" not in outcome.err
+    assert outcome.err_lines[-1] == (
+        "batchctl: error: invalid database URL postgresql://u:***@127.0.0.1/db: the password "
+        "holds an '@'; percent-encode it as %40"
+    )
+
+
+def test_a_host_that_does_not_resolve_exits_5(run_cli, monkeypatch) -> None:
+    monkeypatch.setenv("BATCHCTL_DATABASE_URL", "postgresql://u:secretpw@no-such-host.invalid/db")
+    outcome = run_cli("history")
+    line = assert_one_line_error(outcome, 5, "cannot reach the job repository")
+    assert "secretpw" not in line
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0"])
+def test_a_non_finite_heartbeat_interval_exits_5(run_cli, monkeypatch, value: str) -> None:
+    monkeypatch.setenv("BATCHCTL_HEARTBEAT_INTERVAL", value)
+    outcome = run_cli("history")
+    assert_one_line_error(outcome, 5, "BATCHCTL_HEARTBEAT_INTERVAL must be greater than 0")
+
+
+def test_a_nan_heartbeat_in_the_config_file_exits_5(run_cli, monkeypatch, tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text("[batchctl]\nheartbeat_interval = nan\n")
+    outcome = run_cli("history")
+    assert_one_line_error(outcome, 5, "batchctl.heartbeat_interval", "got nan")
+
+
+def read_only_url(database_url: str) -> str:
+    """The same repository, opened read-only: a SQLite URI in mode=ro (the tests run as root,
+    which a chmod would not stop), a Postgres session whose transactions are read-only."""
+    if database_url.startswith("sqlite:///"):
+        return f"sqlite:///file:{database_url[len('sqlite:///'):]}?mode=ro&uri=true"
+    return database_url + "%20-cdefault_transaction_read_only%3Don"
+
+
+def test_a_read_only_repository_exits_5(run_cli, rows, monkeypatch, database_url: str) -> None:
+    assert rows() == NO_ROWS  # the schema exists
+    monkeypatch.setenv("BATCHCTL_DATABASE_URL", read_only_url(database_url))
+    outcome = run_cli("start", "hello", "--params", '{"n": 1}')
+    assert_one_line_error(outcome, 5, "is read-only")
+    assert rows() == NO_ROWS
+
+
+def test_a_log_dir_that_is_a_file_exits_5_before_recording_anything(
+    run_cli, rows, monkeypatch, tmp_path: Path
+) -> None:
+    (tmp_path / "logs").write_text("not a folder")
+    monkeypatch.setenv("BATCHCTL_LOG_DIR", str(tmp_path / "logs"))
+    outcome = run_cli("start", "hello", "--params", '{"n": 1}', "--detach")
+    assert_one_line_error(outcome, 5, f"log_dir {tmp_path / 'logs'} is not a folder")
+    assert rows() == NO_ROWS

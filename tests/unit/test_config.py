@@ -193,6 +193,10 @@ def test_an_unknown_key_names_the_file_and_the_key(tmp_path: Path) -> None:
         ('heartbeat_interval = "soon"', "must be a number of seconds"),
         ("heartbeat_interval = true", "must be a number of seconds"),
         ("heartbeat_timeout = -1", "must be greater than 0"),
+        ("heartbeat_interval = nan", "must be greater than 0"),
+        ("heartbeat_interval = -nan", "must be greater than 0"),
+        ("heartbeat_timeout = inf", "must be greater than 0"),
+        ("heartbeat_timeout = 1e30", "at most 31536000 seconds"),
         ("database = 5", "must be a non-empty string"),
         ('jobs_dir = ""', "must be a non-empty string"),
         ("log_dir = [1, 2]", "must be a non-empty string"),
@@ -230,6 +234,15 @@ def test_a_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
         Config.load(env={"BATCHCTL_HEARTBEAT_TIMEOUT": "never"}, cwd=tmp_path)
 
 
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e999", "0", "-5"])
+def test_a_non_finite_or_non_positive_environment_number_is_refused(
+    tmp_path: Path, value: str
+) -> None:
+    """NaN compares false with everything: accepted, the engine would never heartbeat."""
+    with pytest.raises(ConfigError, match="BATCHCTL_HEARTBEAT_INTERVAL must be greater than 0"):
+        Config.load(env={"BATCHCTL_HEARTBEAT_INTERVAL": value}, cwd=tmp_path)
+
+
 def test_a_heartbeat_timeout_not_above_the_interval_is_an_error(tmp_path: Path) -> None:
     file = write_config(tmp_path, "[batchctl]\nheartbeat_interval = 10\nheartbeat_timeout = 10\n")
     with pytest.raises(ConfigError, match="heartbeat_timeout"):
@@ -250,6 +263,12 @@ def test_a_config_error_exits_with_the_environment_code() -> None:
         ("postgresql+psycopg://u:p%40ss@h/d?x=1", "postgresql+psycopg://u:***@h/d?x=1"),
         ("postgresql://batch@db/jobs", "postgresql://batch@db/jobs"),
         ("sqlite:////tmp/repo.db", "sqlite:////tmp/repo.db"),
+        # An unencoded '@' (or '/', '?') in the password: none of it may show.
+        ("postgresql://u:S3cr@tPw@host/db", "postgresql://u:***@host/db"),
+        ("postgresql://u:a@b@c@host:5432/db?x=1", "postgresql://u:***@host:5432/db?x=1"),
+        ("postgresql://u:p/ss?w@host/db", "postgresql://u:***@host/db"),
+        ("postgresql://user@tenant:s3cret@host/db", "postgresql://user@tenant:***@host/db"),
+        ("postgresql://batch@db:5432/jobs", "postgresql://batch@db:5432/jobs"),
     ],
 )
 def test_mask_url_hides_only_the_password(url: str, shown: str) -> None:
@@ -260,6 +279,13 @@ def test_mask_url_hides_a_url_inside_a_message() -> None:
     message = "cannot reach postgresql://u:hunter2@h/d: refused"
     assert "hunter2" not in mask_url(message)
     assert "postgresql://u:***@h/d" in mask_url(message)
+
+
+def test_mask_url_hides_a_password_with_an_at_sign_inside_a_message() -> None:
+    message = "cannot reach postgresql://u:S3cr@tPw@h/d: failed to resolve host"
+    masked = mask_url(message)
+    assert "S3cr" not in masked and "tPw" not in masked
+    assert masked == "cannot reach postgresql://u:***@h/d: failed to resolve host"
 
 
 def test_the_displayed_database_url_is_masked(tmp_path: Path) -> None:

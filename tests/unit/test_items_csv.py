@@ -154,3 +154,67 @@ def test_writer_writes_nothing_of_a_chunk_with_an_unformattable_item(tmp_path):
         writer.write([{"a": 2}, {"b": 3}])
     writer.close()
     assert path.read_bytes().decode() == "a\r\n1\r\n"
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"\xef\xbb\xbf", b"\r\n\n", b"\xef\xbb\xbf\n"], ids=["empty", "bom", "blank", "bom-blank"]
+)
+@pytest.mark.parametrize("row_type", [dict, Entry])
+def test_a_file_without_a_header_is_zero_items(tmp_path, content: bytes, row_type: Any):
+    """An empty extract is a normal day: zero items, not an internal SyntaxError, and not a
+    missing-column error for a dataclass (there are no columns at all)."""
+    path = tmp_path / "in.csv"
+    path.write_bytes(content)
+    reader = CsvReader(path, row_type=row_type, types={"id": int} if row_type is dict else None)
+    reader.open(ctx(), {})
+    assert read_all(reader) == []
+    assert reader.read() is None
+    state = reader.state()
+    reader.close()
+    again = CsvReader(path, row_type=row_type)
+    again.open(ctx(), state)
+    assert read_all(again) == []
+    again.close()
+
+
+def test_a_header_after_blank_lines_is_the_header(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("\n\nid\n1\n")
+    reader = CsvReader(path, types={"id": int})
+    reader.open(ctx(), {})
+    assert read_all(reader) == [{"id": 1}]
+    reader.close()
+
+
+def test_a_writer_with_fields_writes_the_header_for_zero_items(tmp_path):
+    path = tmp_path / "out.csv"
+    writer = CsvWriter(path, fields=["a", "b"])
+    writer.open(ctx(), {})
+    writer.write([])
+    writer.complete()
+    writer.close()
+    assert path.read_bytes() == b"a,b\r\n"
+
+
+def test_a_writer_with_fields_writes_the_header_once_across_a_restart(tmp_path):
+    path = tmp_path / "out.csv"
+    writer = CsvWriter(path, fields=["a"])
+    writer.open(ctx(), {})
+    committed = writer.state()
+    writer.write([{"a": 1}])  # written, never committed
+    writer.close()
+    again = CsvWriter(path, fields=["a"])
+    again.open(ctx(), committed)
+    again.write([{"a": 2}])
+    again.close()
+    assert path.read_bytes() == b"a\r\n2\r\n"
+
+
+def test_a_writer_without_fields_and_zero_items_writes_an_empty_file(tmp_path):
+    """No item, no columns to name: documented as an empty file."""
+    path = tmp_path / "out.csv"
+    writer = CsvWriter(path)
+    writer.open(ctx(), {})
+    writer.complete()
+    writer.close()
+    assert path.read_bytes() == b""

@@ -6,6 +6,8 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from batchctl.items import JsonLinesReader, JsonLinesWriter
 from tests.unit.test_items_csv import ctx, read_all
 
@@ -36,3 +38,17 @@ def test_round_trip_with_restart_and_bad_lines(tmp_path):
     assert read_all(reader, size=10, errors=errors) == [{"n": 3}, [4]]
     reader.close()
     assert errors == [("JSONDecodeError", "{not json}", 5)]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_the_writer_refuses_an_item_holding_nan_and_writes_nothing_of_its_chunk(tmp_path, value):
+    """`json` would write `NaN`, which no other JSON reader accepts: the item is refused with
+    a ValueError (skippable), and nothing of its chunk reaches the file."""
+    path = tmp_path / "out.jsonl"
+    writer = JsonLinesWriter(path)
+    writer.open(ctx(), {})
+    writer.write([{"n": 1}])
+    with pytest.raises(ValueError, match="NaN or Infinity"):
+        writer.write([{"n": 2}, {"n": 3, "x": [value]}])
+    writer.close()
+    assert path.read_text() == '{"n":1}\n'

@@ -17,7 +17,7 @@ def test_a_job_name_made_only_of_digits_is_refused(name: str) -> None:
         Job(name)
 
 
-@pytest.mark.parametrize("name", ["", "has space", "semi;colon", "-dash-first"])
+@pytest.mark.parametrize("name", ["", "has space", "semi;colon", "-dash-first", "eod\n", "eod\r\n"])
 def test_an_invalid_job_name_is_refused(name: str) -> None:
     with pytest.raises(JobDefinitionError, match="invalid job name"):
         Job(name)
@@ -68,10 +68,12 @@ def test_a_duplicate_step_name_is_refused() -> None:
         def other(ctx: StepContext) -> None: ...
 
 
-def test_an_invalid_step_name_is_refused() -> None:
+@pytest.mark.parametrize("name", ["no spaces", "load\n"])
+def test_an_invalid_step_name_is_refused(name: str) -> None:
+    """A final newline too: `$` in a regex matches before it, the name check must not."""
     job = Job("bad-step")
     with pytest.raises(JobDefinitionError, match="invalid step name"):
-        job.tasklet(lambda ctx: None, name="no spaces")
+        job.tasklet(lambda ctx: None, name=name)
 
 
 def test_a_generator_tasklet_is_recognised() -> None:

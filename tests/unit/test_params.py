@@ -6,9 +6,18 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-from batchctl.errors import InvalidParams, JobDefinitionError
+from batchctl.errors import InvalidParams, JobDefinitionError, UnknownExecution, UsageError
 from batchctl.job import Job
-from batchctl.model import Param, canonical_json, convert_params, instance_key, params_to_json
+from batchctl.model import (
+    MAX_ID,
+    Param,
+    canonical_json,
+    convert_params,
+    instance_key,
+    params_to_json,
+    parse_execution_id,
+    parse_params,
+)
 
 
 def key(job: Job, given: dict) -> str:
@@ -149,3 +158,86 @@ def test_params_that_are_not_an_object_are_refused() -> None:
 def test_an_unsupported_param_type_is_a_definition_error_naming_the_param() -> None:
     with pytest.raises(JobDefinitionError, match="'items'"):
         Job("bad-param-type", params={"items": list})
+
+
+# -- parsing --params and ids ---------------------------------------------------------------------
+
+
+def test_params_json_is_parsed_as_an_object() -> None:
+    assert parse_params('{"n": 5, "rate": 1.5, "tags": ["a"], "big": 18446744073709551616}') == {
+        "n": 5, "rate": 1.5, "tags": ["a"], "big": 2**64,
+    }
+    assert parse_params(None) == {} and parse_params("  ") == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('{"rate": NaN}', "param 'rate' holds NaN"),
+        ('{"rate": Infinity}', "param 'rate' holds Infinity"),
+        ('{"deep": {"list": [1, -Infinity]}}', "param 'deep' holds -Infinity"),
+        ('{"rate": 1e999}', "param 'rate' holds Infinity"),
+        ('{"n": ' + "9" * 5000 + "}", "param 'n' holds an integer of more than 4000 digits"),
+        ('{"n": -' + "9" * 5000 + "}", "param 'n' holds an integer of more than 4000 digits"),
+        ('{"deep": ' + "[" * 150 + "]" * 150 + "}", "param 'deep' is nested more than 100 levels"),
+        ('{"deep": ' + "[" * 10_000 + "]" * 10_000 + "}", "--params is nested too deeply"),
+        ('{"deep": ' + '{"a":' * 10_000 + "1" + "}" * 10_001, "--params is nested too deeply"),
+    ],
+)
+def test_params_json_without_a_json_form_is_refused_naming_the_param(text: str, problem: str) -> None:
+    """Python's json reads NaN and Infinity, integers it cannot print again, and nesting
+    until it overflows the stack: each is one InvalidParams (exit 2), never a raw error."""
+    with pytest.raises(InvalidParams) as raised:
+        parse_params(text)
+    assert problem in raised.value.message
+    assert len(raised.value.message) < 200
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (float("nan"), "holds NaN"),
+        ([1, {"x": float("-inf")}], "holds -Infinity"),
+        (10**5000, "integer of more than 4000 digits"),
+        ("deep", "nested more than 100 levels"),
+    ],
+    ids=["nan", "nested-inf", "huge-int", "deep"],
+)
+def test_undeclared_param_values_without_a_json_form_are_refused(value: object, problem: str) -> None:
+    """Python callers bypass the JSON text: the conversion refuses the same values."""
+    if value == "deep":
+        value = []
+        for _ in range(10_000):
+            value = [value]
+    with pytest.raises(InvalidParams, match=rf"param 'extra' .*{problem}"):
+        convert_params({}, {"extra": value})
+
+
+def test_a_declared_param_refuses_nan_and_shows_a_long_value_cut() -> None:
+    with pytest.raises(InvalidParams, match="param 'rate' holds NaN"):
+        convert_params({"rate": Param(float)}, {"rate": float("nan")})
+    with pytest.raises(InvalidParams) as raised:
+        convert_params({"n": Param(int)}, {"n": "9" * 5000})
+    assert "param 'n' must be an integer" in raised.value.message
+    assert len(raised.value.message) < 120
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1", 1), ("0042", 42), (str(MAX_ID), MAX_ID), (7, 7)])
+def test_an_execution_id_is_parsed(text: str | int, expected: int) -> None:
+    assert parse_execution_id(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", [str(MAX_ID + 1), "99999999999999999999", "9" * 5000, MAX_ID + 1, 10**30]
+)
+def test_an_id_beyond_64_bits_names_no_execution(text: str | int) -> None:
+    """The databases hold 64-bit ids: a larger one is a missing id (exit 2), not an overflow."""
+    with pytest.raises(UnknownExecution, match=r"no execution with id \d") as raised:
+        parse_execution_id(text)
+    assert len(raised.value.message) < 80
+
+
+@pytest.mark.parametrize("text", ["", "x1", "-1", "\u00b2", "\uff11\uff12", True])
+def test_anything_but_ascii_digits_is_not_an_id(text: str | bool) -> None:
+    with pytest.raises(UsageError, match="not an execution id"):
+        parse_execution_id(text)
