@@ -8,7 +8,6 @@ the write are atomic.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import replace
@@ -20,7 +19,6 @@ from batchctl.errors import (
     AlreadyComplete,
     AlreadyRunning,
     BatchctlError,
-    InvalidParams,
     NotAbandonable,
     NotLive,
     NotRestartable,
@@ -35,8 +33,10 @@ from batchctl.model import (
     SkippedItem,
     Status,
     StepExecution,
+    MAX_ID,
     instance_key,
     params_to_json,
+    parse_execution_id,
     utcnow,
 )
 
@@ -119,22 +119,9 @@ def lost_status(execution: JobExecution) -> Status:
 
 def parse_target(target: str | int) -> int | str:
     """An argument made only of digits is an execution id; anything else a job name."""
-    if isinstance(target, int):
-        return target
-    return int(target) if target.isdigit() else target
-
-
-def parse_params(text: str | None) -> dict[str, Any]:
-    """The --params JSON object; InvalidParams for anything else."""
-    if text is None or not text.strip():
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidParams(f"--params is not valid JSON: {exc.msg} at character {exc.pos}") from None
-    if not isinstance(value, dict):
-        raise InvalidParams("--params must be a JSON object, like '{\"date\": \"2024-01-31\"}'")
-    return value
+    if isinstance(target, int) or (target.isascii() and target.isdigit()):
+        return parse_execution_id(target)
+    return target
 
 
 def parse_statuses(names: Sequence[str]) -> list[Status]:
@@ -248,6 +235,8 @@ class Batch:
         """Record a STARTING execution for `start` without running it."""
         found = job if isinstance(job, Job) else self.job(job)
         converted = found.convert_params(params or {})
+        if detach:
+            self._prepare_log_dir()
         self._check_partition_modes(found)
         self.recover_lost(found.name)
         execution = self.repository.create_execution(
@@ -277,6 +266,8 @@ class Batch:
         """Record the STARTING execution of a restart without running it."""
         previous = self.resolve(target)
         found = self.job(previous.job_name)
+        if detach:
+            self._prepare_log_dir()
         self._check_partition_modes(found)
         self.recover_lost(previous.job_name)  # a lost execution restarts at once, as on start
         execution = self.repository.create_execution_of_instance(
@@ -307,6 +298,12 @@ class Batch:
             on_tracker=on_tracker,
             config=self.config,
         )
+
+    def _prepare_log_dir(self) -> None:
+        """A detached run's log folder, checked before its execution is recorded."""
+        from batchctl.launcher import prepare_log_dir
+
+        prepare_log_dir(self.config)
 
     def launch(self, execution: JobExecution) -> JobExecution:
         """Hand a STARTING execution to a new process; return it with that process's pid."""
@@ -574,4 +571,4 @@ class Batch:
         """Executions, newest first; `limit=None` for all. Lost processes are marked first."""
         wanted = parse_statuses([s.value if isinstance(s, Status) else s for s in statuses])
         self.recover_lost(job)
-        return self.repository.history(job, wanted, limit)
+        return self.repository.history(job, wanted, None if limit is None else min(limit, MAX_ID))
