@@ -1,8 +1,9 @@
 """The chunk loop: read up to `size` items, process each, write the list, commit a checkpoint.
 
-`ChunkRun` has the interface of the engine's tasklet runner: built from the step, its context,
-its step execution, the repository and the observers; `run(listeners) -> (status, message)`;
-`step_execution` is kept current.
+`ChunkRunner` is a StepRunner (batchctl.steps): the frame is shared, `execute()` is the loop.
+Readers and writers arrive in either form through batchctl.adapters; the retry and skip rules
+are batchctl.faults' FaultPolicy. batchctl's own part of the step's state (the reader's and the
+writer's state, the position, the skips) is kept under one reserved key of `ctx.state`.
 
 Delivery. Every chunk ends with one repository transaction that holds the step's counters,
 its execution context (the reader's and the writer's state, the position, the skips) and the
@@ -24,23 +25,20 @@ restarts of the step, since the count is kept in the checkpoint.
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
-import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from batchctl.engine import Observers, describe_exception, run_with_step_listeners
-from batchctl.errors import FENCED, BatchctlError, CommitUnknown, SkipLimitExceeded
-from batchctl.host import describe_exit
-from batchctl.job import Step, StepContext, listener_calls
-from batchctl.model import STEP_COUNTERS, SkippedItem, Status, StepExecution
-from batchctl.repository import Repository
+from batchctl.adapters import agree_on_records, open_reader, open_writer
+from batchctl.errors import FENCED, CommitUnknown
+from batchctl.faults import FaultPolicy, is_fatal
+from batchctl.job import ChunkSettings, listener_calls
+from batchctl.model import STEP_COUNTERS, SkipPhase, SkippedItem, Status
+from batchctl.steps import BOOKKEEPING_KEY, StepRunner, bookkeeping, describe_exception
 
-log = logging.getLogger("batchctl.chunk")
+log = logging.getLogger(__name__)
 
-BACKOFF_MAX = 60.0  # seconds: the longest wait between two attempts, however many retries
-
-OnReadError = Callable[[BaseException, Any, "int | None"], None]
+CHUNK_BOOKKEEPING = ("position", "skips", "reader", "writer")  # kept at the top level before 0.2
 
 
 class _Skipped:
@@ -54,259 +52,52 @@ class _ChunkFailed(Exception):
     """A chunk failed for good and was rolled back; the cause is the error to report."""
 
 
-# -- readers and writers, in either form ---------------------------------------------------------
+@dataclass
+class ChunkCommit:
+    """What one chunk commits: the step's new counters and context, and the items it skipped."""
+
+    changes: dict[str, Any]
+    skipped: list[SkippedItem] = field(default_factory=list)
 
 
-class _FunctionReader:
-    """A function `read(ctx) -> Iterable`: a restart skips the items already committed.
-
-    An error raised by the iterable ends it (a generator cannot go on), so it fails the step.
-    """
-
-    def __init__(self, function: Callable[[StepContext], Any], ctx: StepContext, state: Any) -> None:
-        self.position = int((state or {}).get("position", 0))
-        iterable = function(ctx)
-        try:
-            self.total: int | None = len(iterable)
-        except TypeError:
-            self.total = None
-        self._items = iter(iterable)
-        if self.position:
-            next(itertools.islice(self._items, self.position, self.position), None)
-
-    def read_chunk(self, size: int, on_error: OnReadError) -> list[Any] | None:
-        items = list(itertools.islice(self._items, size))
-        if not items:
-            return None
-        self.position += len(items)
-        return items
-
-    def state(self) -> dict[str, Any]:
-        return {"position": self.position}
-
-    def close(self) -> None:
-        close = getattr(self._items, "close", None)
-        if close is not None:
-            close()
-
-
-class _ObjectReader:
-    """An object with `open(ctx, state)`, `read()` (None at the end), `state()`, `close()`;
-    `read_chunk(size, on_error)` when it has one (the built-in readers do: it is faster).
-
-    A reader without `state()` cannot seek: on restart it is read past the records already
-    committed, as a function reader is, never silently from its first item again.
-    """
-
-    def __init__(self, reader: Any, ctx: StepContext, state: Any, position: int) -> None:
-        self.reader = reader
-        self.position = position
-        opener = getattr(reader, "open", None)
-        if opener is not None:
-            opener(ctx, dict(state or {}))
-        total = getattr(reader, "total", None)
-        self.total = total() if callable(total) else None
-        self._ended = False
-        if not callable(getattr(reader, "state", None)) and position:
-            self._read_past(position)
-        fast = getattr(reader, "read_chunk", None)
-        if fast is not None:
-            self.read_chunk = fast  # type: ignore[method-assign]
-
-    def _read_past(self, committed: int) -> None:
-        """Consume the `committed` records (failed reads included) a stateless reader gave
-        before the restart."""
-        for _ in range(committed):
-            try:
-                if self.reader.read() is None:
-                    self._ended = True
-                    return
-            except Exception:
-                continue
-
-    def read_chunk(self, size: int, on_error: OnReadError) -> list[Any] | None:
-        if self._ended:
-            return None
-        read = self.reader.read
-        items: list[Any] = []
-        consumed = 0
-        while consumed < size:
-            try:
-                item = read()
-            except Exception as exc:
-                consumed += 1
-                on_error(exc, None, self.position + consumed)
-                continue
-            if item is None:
-                self._ended = True
-                break
-            consumed += 1
-            items.append(item)
-        self.position += consumed
-        return items if consumed else None
-
-    def state(self) -> Any:
-        state = getattr(self.reader, "state", None)
-        return state() if state is not None else None
-
-    def close(self) -> None:
-        close = getattr(self.reader, "close", None)
-        if close is not None:
-            close()
-
-
-class _FunctionWriter:
-    """A function `write(items, ctx)`: it may write through `ctx.connection`, so it writes
-    inside the chunk's transaction."""
-
-    transactional = True
-
-    def __init__(self, function: Callable[[list[Any], StepContext], Any], ctx: StepContext) -> None:
-        self._function = function
-        self._ctx = ctx
-
-    def write(self, items: list[Any]) -> None:
-        self._function(items, self._ctx)
-
-    def state(self) -> None:
-        return None
-
-    def reset(self, state: Any) -> None:
-        pass
-
-    def complete(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _ObjectWriter:
-    """An object with `open(ctx, state)`, `write(items)`, `state()`, `close()`, and optionally
-    `complete()` (called once the last chunk committed) and `transactional` (whether it writes
-    through `ctx.connection`; true unless it says otherwise)."""
-
-    def __init__(self, writer: Any, ctx: StepContext, state: Any) -> None:
-        self.writer = writer
-        self._ctx = ctx
-        self.transactional = bool(getattr(writer, "transactional", True))
-        self.write = writer.write
-        self._open(state)
-
-    def _open(self, state: Any) -> None:
-        opener = getattr(self.writer, "open", None)
-        if opener is not None:
-            opener(self._ctx, dict(state or {}))
-
-    def state(self) -> Any:
-        state = getattr(self.writer, "state", None)
-        return state() if state is not None else None
-
-    def reset(self, state: Any) -> None:
-        """Back to the last committed state after a rolled-back chunk (a file is truncated)."""
-        if getattr(self.writer, "open", None) is not None:
-            self.close()
-            self._open(state)
-
-    def complete(self) -> None:
-        complete = getattr(self.writer, "complete", None)
-        if complete is not None:
-            complete()
-
-    def close(self) -> None:
-        close = getattr(self.writer, "close", None)
-        if close is not None:
-            close()
-
-
-def open_reader(reader: Any, ctx: StepContext, state: Any, position: int) -> Any:
-    if callable(getattr(reader, "read", None)):
-        return _ObjectReader(reader, ctx, state, position)
-    return _FunctionReader(reader, ctx, state)
-
-
-def open_writer(writer: Any, ctx: StepContext, state: Any) -> Any:
-    if callable(getattr(writer, "write", None)):
-        return _ObjectWriter(writer, ctx, state)
-    return _FunctionWriter(writer, ctx)
-
-
-def agree_on_records(reader: Any, writer: Any) -> list[str] | None:
-    """When no processor sees the items, a reader whose dicts could as well be tuples
-    (`record_names()`, `use_records()`) and a writer that takes such tuples (`take_records`)
-    pass tuples: the same rows, without building a dict per item. The column names, or None."""
-    source = getattr(reader, "reader", None)
-    sink = getattr(writer, "writer", None)
-    offer = getattr(source, "record_names", None)
-    take = getattr(sink, "take_records", None)
-    if offer is None or take is None:
-        return None
-    names = offer()
-    if not names or not take(names):
-        return None
-    source.use_records()
-    return list(names)
-
-
-# -- the loop ------------------------------------------------------------------------------------
-
-
-class ChunkRun:
+class ChunkRunner(StepRunner):
     """Runs one chunk step: chunks until the reader ends, a stop is asked, or a chunk fails."""
 
-    def __init__(
-        self,
-        step: Step,
-        ctx: StepContext,
-        step_execution: StepExecution,
-        repository: Repository,
-        observers: Observers,
-    ) -> None:
-        assert step.chunk is not None, "a chunk step needs chunk settings"
-        self.step = step
-        self.settings = step.chunk
-        self.ctx = ctx
-        self.step_execution = step_execution
-        self.repository = repository
-        self.observers = observers
-        state = ctx.state
-        self.position = int(state.get("position", 0))  # records consumed, over all executions
-        self.skips = int(state.get("skips", 0))  # items skipped, over all executions
-        self.counters = {name: getattr(step_execution, name) for name in STEP_COUNTERS}
+    stopped_message = "stopped after a chunk"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        assert self.step.chunk is not None, "a chunk step needs chunk settings"
+        self.settings: ChunkSettings = self.step.chunk
+        book = bookkeeping(self.ctx.state, CHUNK_BOOKKEEPING)
+        self.position = int(book.get("position", 0))  # records consumed, over all executions
+        self.faults = FaultPolicy(self.settings, self.step.name, int(book.get("skips", 0)))
+        self.counters = {name: getattr(self.step_execution, name) for name in STEP_COUNTERS}
         self.rollbacks = self.counters["rollback_count"]
         self.pending: list[SkippedItem] = []  # this chunk's read and process skips
         self.total: int | None = None
-        self.listeners: list[Any] = []
         self.records: list[str] | None = None  # column names when items travel as tuples
         self.connection: Any = None  # held for the step's commits (see chunk_connection)
-        self._retry = self.settings.retry
-        self._skip = self.settings.skip
 
     # -- the runner interface ----------------------------------------------------------------
 
-    def run(self, listeners: list[Any]) -> tuple[Status, str]:
-        self.listeners = listeners
-        return run_with_step_listeners(listeners, self.ctx, self._outcome, lambda: self.step_execution)
-
-    def _outcome(self) -> tuple[Status, str]:
+    def execute(self) -> Status:
+        self.connection = self.repository.chunk_connection()
         try:
-            status = self._execute()
+            return self._open_and_run()
         except _ChunkFailed as failed:
             cause = failed.__cause__ or failed
             if isinstance(cause, FENCED):
                 raise cause from None
-            return self._failed(cause)
-        except FENCED:
-            raise
-        except SystemExit as exc:
-            return self._failed(exc, describe_exit(exc))
-        except Exception as exc:
-            return self._failed(exc)
-        return status, "stopped after a chunk" if status == Status.STOPPED else ""
+            raise _StepFailed(cause) from cause
+        finally:
+            self._drop_connection()
 
-    def _failed(self, exc: BaseException, message: str | None = None) -> tuple[Status, str]:
+    def failed(self, exc: BaseException, message: str | None = None) -> tuple[Status, str]:
         """The step failed: back to the last committed state (what a processor changed in the
         chunk that rolled back is gone), and the rollbacks recorded."""
+        if isinstance(exc, _StepFailed):
+            exc = exc.cause
         self.ctx.state = copy.deepcopy(self.step_execution.context)
         status = Status.UNKNOWN if isinstance(exc, CommitUnknown) else Status.FAILED
         try:
@@ -316,18 +107,13 @@ class ChunkRun:
                 self.step_execution = self.repository.update_step_execution(
                     self.step_execution, rollback_count=self.rollbacks
                 )
+        except FENCED:
+            raise
         except Exception:
             log.warning("could not record the rollbacks of step %s", self.step.name, exc_info=True)
         return status, message or describe_exception(exc)
 
     # -- chunks ------------------------------------------------------------------------------
-
-    def _execute(self) -> Status:
-        self.connection = self.repository.chunk_connection()
-        try:
-            return self._open_and_run()
-        finally:
-            self._drop_connection()
 
     def _drop_connection(self) -> None:
         if self.connection is not None:
@@ -339,10 +125,11 @@ class ChunkRun:
 
     def _open_and_run(self) -> Status:
         ctx = self.ctx
-        reader = open_reader(self.settings.reader, ctx, ctx.state.get("reader"), self.position)
+        book = ctx.state[BOOKKEEPING_KEY]
+        reader = open_reader(self.settings.reader, ctx, book.get("reader"), self.position)
         failed = True
         try:
-            writer = open_writer(self.settings.writer, ctx, ctx.state.get("writer"))
+            writer = open_writer(self.settings.writer, ctx, book.get("writer"))
             try:
                 if self.settings.processor is None:
                     self.records = agree_on_records(reader, writer)
@@ -393,7 +180,7 @@ class ChunkRun:
                 return Status.STOPPED
 
     def _on_read_error(self, error: BaseException, raw: Any, position: int | None) -> None:
-        self._skip_item(self.pending, "read", raw, error, position)
+        self._skip(self.pending, SkipPhase.READ, raw, error, position)
 
     def _process(self, processor: Callable[..., Any], items: list[Any]) -> tuple[list[Any], int]:
         ctx = self.ctx
@@ -417,15 +204,15 @@ class ChunkRun:
         self, processor: Callable[..., Any], items: list[Any], item: Any, exc: Exception
     ) -> Any:
         attempt = 0
-        while self._retryable(exc) and attempt < self.settings.retry_limit:
-            self._wait(attempt)
+        while self.faults.may_retry(exc, attempt):
+            self.faults.wait(attempt)
             attempt += 1
             try:
                 return processor(item, self.ctx)
             except Exception as again:
                 exc = again
         index = next(i for i, candidate in enumerate(items) if candidate is item)
-        self._skip_item(self.pending, "process", item, exc, self.position + index + 1)
+        self._skip(self.pending, SkipPhase.PROCESS, item, exc, self.position + index + 1)
         return _SKIPPED
 
     def _write(
@@ -433,7 +220,7 @@ class ChunkRun:
     ) -> list[SkippedItem]:
         """Write the chunk and commit its checkpoint: retried, then replayed item by item."""
         reader_state = reader.state()
-        consumed = len(items) + sum(1 for skip in self.pending if skip.phase == "read")
+        consumed = len(items) + sum(1 for skip in self.pending if skip.phase == SkipPhase.READ)
         attempt = 0
         scan = False
         while True:
@@ -445,13 +232,13 @@ class ChunkRun:
                 raise  # a fenced-off process leaves the writer's output alone: not even a reset
             except Exception as exc:
                 self._rolled_back(exc, writer)
-                if scan or _fatal(exc):
+                if scan or is_fatal(exc):
                     raise _ChunkFailed() from exc
-                if self._retryable(exc) and attempt < self.settings.retry_limit:
-                    self._wait(attempt)
+                if self.faults.may_retry(exc, attempt):
+                    self.faults.wait(attempt)
                     attempt += 1
                     continue
-                if isinstance(exc, self._skip) and outputs:
+                if self.faults.skippable(exc) and outputs:
                     log.info("step %s: a chunk write failed (%s); writing it item by item",
                              self.step.name, exc)
                     scan = True
@@ -471,16 +258,11 @@ class ChunkRun:
     ) -> list[SkippedItem]:
         ctx = self.ctx
         counters = self.counters
-        skipped = list(self.pending)
-        changes: dict[str, Any] = {
-            **counters,
-            "read_count": counters["read_count"] + read,
-            "filter_count": counters["filter_count"] + filtered,
-            "commit_count": counters["commit_count"] + 1,
-            "rollback_count": self.rollbacks,
-        }
 
-        def write(connection: Any) -> None:
+        def write(connection: Any) -> ChunkCommit:
+            """Write the chunk (through `connection` when the writer is transactional) and say
+            what the checkpoint commits with it."""
+            skipped = list(self.pending)
             ctx.connection = connection
             try:
                 if scan:
@@ -491,38 +273,62 @@ class ChunkRun:
                     written = len(outputs)
             finally:
                 ctx.connection = None
-            changes["write_count"] = counters["write_count"] + written
-            for phase in ("read", "process", "write"):
+            changes: dict[str, Any] = {
+                **counters,
+                "read_count": counters["read_count"] + read,
+                "write_count": counters["write_count"] + written,
+                "filter_count": counters["filter_count"] + filtered,
+                "commit_count": counters["commit_count"] + 1,
+                "rollback_count": self.rollbacks,
+            }
+            for phase in SkipPhase:
                 count = sum(1 for skip in skipped if skip.phase == phase)
-                changes[f"{phase}_skip_count"] = counters[f"{phase}_skip_count"] + count
+                changes[f"{phase.value}_skip_count"] = counters[f"{phase.value}_skip_count"] + count
             changes["context"] = {
                 **ctx.state,
-                "reader": reader_state,
-                "writer": writer.state(),
-                "position": self.position + consumed,
-                "skips": self.skips + len(skipped),
+                BOOKKEEPING_KEY: {
+                    "reader": reader_state,
+                    "writer": writer.state(),
+                    "position": self.position + consumed,
+                    "skips": self.faults.committed_skips + len(skipped),
+                },
             }
+            return ChunkCommit(changes, skipped)
 
         if self.connection is None:
             self.connection = self.repository.chunk_connection()
         if writer.transactional:
+            commit: ChunkCommit | None = None
+
+            def in_transaction(connection: Any) -> tuple[dict[str, Any], list[SkippedItem]]:
+                nonlocal commit
+                commit = write(connection)
+                return commit.changes, commit.skipped
+
             self.step_execution = self.repository.commit_chunk(
-                self.step_execution, changes, write, skipped, connection=self.connection
+                self.step_execution, in_transaction, connection=self.connection, repeatable=False
             )
         else:
             self._check_fence(writer)
-            write(None)
+            commit = write(None)
+            done = (commit.changes, commit.skipped)
             self.step_execution = self.repository.commit_chunk(
-                self.step_execution, changes, None, skipped, connection=self.connection
+                self.step_execution, lambda connection: done, connection=self.connection,
+                repeatable=True,
             )
-        self.counters = {name: changes[name] for name in STEP_COUNTERS}
+        assert commit is not None
+        self._committed(commit, consumed)
+        return commit.skipped
+
+    def _committed(self, commit: ChunkCommit, consumed: int) -> None:
+        """The chunk is in the repository: go on from what it committed."""
+        self.counters = {name: commit.changes[name] for name in STEP_COUNTERS}
         self.position += consumed
-        self.skips += len(skipped)
+        self.faults.committed_skips += len(commit.skipped)
         self.pending = []
         # The step execution keeps what was committed; the step goes on with a copy of its own,
         # so that a chunk that rolls back cannot change the committed context.
-        ctx.state = copy.deepcopy(changes["context"])
-        return skipped
+        self.ctx.state = copy.deepcopy(commit.changes["context"])
 
     def _check_fence(self, writer: Any) -> None:
         """Before output no transaction can take back (a file writer's chunk, its final
@@ -536,7 +342,7 @@ class ChunkRun:
         """The replay of a failed chunk: each item alone (in a savepoint when the writer is in
         the chunk's transaction), the failing ones skipped."""
         written = 0
-        for index, item in enumerate(outputs):
+        for item in outputs:
             attempt = 0
             while True:
                 savepoint = connection.begin_nested() if connection is not None else None
@@ -545,14 +351,14 @@ class ChunkRun:
                 except Exception as exc:
                     if savepoint is not None:
                         savepoint.rollback()
-                    if _fatal(exc):
+                    if is_fatal(exc):
                         raise
-                    if self._retryable(exc) and attempt < self.settings.retry_limit:
-                        self._wait(attempt)
+                    if self.faults.may_retry(exc, attempt):
+                        self.faults.wait(attempt)
                         attempt += 1
                         continue
                     shown = dict(zip(self.records, item)) if self.records else item
-                    self._skip_item(skipped, "write", shown, exc, None)
+                    self._skip(skipped, SkipPhase.WRITE, shown, exc, None)
                     break
                 if savepoint is not None:
                     savepoint.commit()
@@ -562,43 +368,15 @@ class ChunkRun:
 
     # -- faults ------------------------------------------------------------------------------
 
-    def _retryable(self, exc: BaseException) -> bool:
-        return bool(self._retry) and isinstance(exc, self._retry) and not _fatal(exc)
-
-    def _wait(self, attempt: int) -> None:
-        backoff = self.settings.backoff
-        delay = backoff(attempt + 1) if callable(backoff) else backoff * (2**attempt)
-        if delay > 0:
-            time.sleep(min(delay, BACKOFF_MAX))
-
-    def _skip_item(
+    def _skip(
         self,
         skipped: list[SkippedItem],
-        phase: str,
+        phase: SkipPhase,
         item: Any,
         error: BaseException,
         position: int | None,
     ) -> None:
-        """Record a skip of `item`, or raise `error` when it may not be skipped."""
-        if not (self._skip and isinstance(error, self._skip)) or _fatal(error):
-            raise error
-        limit = self.settings.skip_limit
-        count = self.skips + len(skipped)  # `skipped` is this chunk's pending skips and more
-        if limit is not None and count >= limit:
-            raise SkipLimitExceeded(
-                f"step {self.step.name}: skip limit {limit} exceeded by a {phase} error"
-                f"{f' at item {position}' if position else ''}: {type(error).__name__}: {error}"
-            ) from error
-        skip = SkippedItem(
-            step_execution_id=self.step_execution.id,
-            phase=phase,
-            position=position,
-            item=item,
-            error=error,
-            step_name=self.step.name,
-        )
-        skipped.append(skip)
-        log.warning("step %s skipped an item in %s: %s", self.step.name, phase, skip.error_text)
+        self.faults.skip(skipped, phase, item, error, position, self.step_execution.id)
 
     def _rolled_back(self, exc: BaseException, writer: Any) -> None:
         """Account for a chunk that failed: a rollback, the listeners, the writer reset, and a
@@ -610,12 +388,15 @@ class ChunkRun:
                 call(self.ctx, exc)
             except Exception:
                 log.exception("on_chunk_error of step %s failed", self.step.name)
-        writer.reset(self.ctx.state.get("writer"))
+        writer.reset(self.ctx.state[BOOKKEEPING_KEY].get("writer"))
 
 
-def _fatal(exc: BaseException) -> bool:
-    """batchctl's own errors (a lost update, a skip limit) are never retried nor skipped."""
-    return isinstance(exc, BatchctlError)
+class _StepFailed(Exception):
+    """Carries a chunk's failure from `execute` to `failed` through the runner's frame."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def _close(resource: Any, step: str, what: str, failed: bool) -> None:

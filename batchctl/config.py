@@ -15,22 +15,29 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from batchctl.defaults import (
+    CONFIG_FILE_NAME,
+    DEFAULT_DATABASE_FILE,
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HEARTBEAT_TIMEOUT,
+    DEFAULT_JOBS_DIR,
+    DEFAULT_LOG_DIR,
+    ENV_CONFIG,
+    ENV_DATABASE_URL,
+    ENV_HEARTBEAT_INTERVAL,
+    ENV_HEARTBEAT_TIMEOUT,
+    ENV_JOBS_DIR,
+    ENV_LOG_DIR,
+    MAX_SECONDS,
+)
 from batchctl.errors import ConfigError
 
-CONFIG_FILE_NAME = "config.toml"
-DEFAULT_DATABASE_FILE = "batchctl.db"  # a SQLite file beside the config file (or in the cwd)
-DEFAULT_JOBS_DIR = "jobs"
-DEFAULT_LOG_DIR = "logs"
-DEFAULT_HEARTBEAT_INTERVAL = 5.0  # seconds between two heartbeats of a running execution
-DEFAULT_HEARTBEAT_TIMEOUT = 60.0  # a live execution silent this long is taken as lost
-MAX_SECONDS = 365 * 86_400.0  # the most seconds a setting takes (a year): more overflows sleeps
-
 _ENV_NAMES = {
-    "database": "BATCHCTL_DATABASE_URL",
-    "jobs_dir": "BATCHCTL_JOBS_DIR",
-    "log_dir": "BATCHCTL_LOG_DIR",
-    "heartbeat_interval": "BATCHCTL_HEARTBEAT_INTERVAL",
-    "heartbeat_timeout": "BATCHCTL_HEARTBEAT_TIMEOUT",
+    "database": ENV_DATABASE_URL,
+    "jobs_dir": ENV_JOBS_DIR,
+    "log_dir": ENV_LOG_DIR,
+    "heartbeat_interval": ENV_HEARTBEAT_INTERVAL,
+    "heartbeat_timeout": ENV_HEARTBEAT_TIMEOUT,
 }
 _PATH_KEYS = ("jobs_dir", "log_dir")
 _NUMBER_KEYS = ("heartbeat_interval", "heartbeat_timeout")
@@ -80,7 +87,7 @@ class Config:
 def _find_file(
     path: str | os.PathLike[str] | None, env: Mapping[str, str], cwd: Path
 ) -> Path | None:
-    explicit = path or env.get("BATCHCTL_CONFIG")
+    explicit = path or env.get(ENV_CONFIG)
     if explicit:
         file = (cwd / Path(explicit)).resolve()
         if not file.is_file():

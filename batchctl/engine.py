@@ -9,34 +9,30 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import traceback
 import uuid
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from batchctl.defaults import DEFAULT_HEARTBEAT_INTERVAL, EXIT_MESSAGE_LIMIT, STOP_POLL_INTERVAL
 from batchctl.errors import FENCED, ExecutionTakenOver, StaleExecution
-from batchctl.host import describe_exit, host_name, os_exit_raises, pid_scope
-from batchctl.job import Job, Step, StepContext, listener_calls
-from batchctl.model import (
-    JobExecution,
-    Status,
-    StepExecution,
-    storable_json,
-    unstorable_reason,
-    utcnow,
-)
+from batchctl.host import host_name, os_exit_raises, pid_scope
+from batchctl.job import Job, Step, StepContext
+from batchctl.model import JobExecution, Status, StepExecution, utcnow
+from batchctl.partition import PartitionedStepRunner
 from batchctl.repository import Fence, Repository
 from batchctl.repository.store import taken_over_message
+from batchctl.runners import runner_for
+from batchctl.steps import Observers, StepRunner, call_listeners, describe_exception
 
-log = logging.getLogger("batchctl.engine")
+if TYPE_CHECKING:
+    from batchctl.config import Config
 
-STOP_POLL_INTERVAL = 0.5  # seconds between two reads of whether a stop was requested
-EXIT_MESSAGE_LIMIT = 20_000  # characters of a traceback kept in an exit message
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class HeartbeatSettings:
-    interval: float = 5.0
+    interval: float = DEFAULT_HEARTBEAT_INTERVAL
     poll_interval: float = STOP_POLL_INTERVAL
 
 
@@ -169,22 +165,6 @@ class ExecutionTracker:
                 self._refresh(row)
 
 
-class Observers:
-    """Fans engine events out to observers; each may implement any of the methods."""
-
-    def __init__(self, observers: Iterable[Any]) -> None:
-        self._observers = list(observers)
-
-    def __getattr__(self, method: str) -> Callable[..., None]:
-        def notify(*args: Any) -> None:
-            for observer in self._observers:
-                callback = getattr(observer, method, None)
-                if callback is not None:
-                    callback(*args)
-
-        return notify
-
-
 def run_execution(
     job: Job,
     execution: JobExecution,
@@ -193,7 +173,7 @@ def run_execution(
     heartbeat: HeartbeatSettings | None = None,
     observers: Iterable[Any] = (),
     on_tracker: Callable[[ExecutionTracker], None] | None = None,
-    config: Any = None,
+    config: Config | None = None,
 ) -> JobExecution:
     """Run `execution` of `job` to its end and return it as recorded.
 
@@ -207,14 +187,16 @@ def run_execution(
         on_tracker(tracker)
     try:
         with os_exit_raises():
-            return _JobRun(job, tracker, Observers(observers), config).run()
+            return JobRunner(job, tracker, Observers(observers), config).run()
     finally:
         tracker.close()
 
 
-class _JobRun:
+class JobRunner:
+    """Runs one job execution: its steps in order, skipping those a restart finds completed."""
+
     def __init__(
-        self, job: Job, tracker: ExecutionTracker, observers: Observers, config: Any
+        self, job: Job, tracker: ExecutionTracker, observers: Observers, config: Config | None
     ) -> None:
         self.job = job
         self.tracker = tracker
@@ -307,24 +289,23 @@ class _JobRun:
             execution_id=self.execution.id,
             step_execution_id=step_execution.id,
             stop_event=self.tracker.stop_event,
-            engine=self.repository.engine,
+            database=self.repository.engine,
         )
         self.observers.step_started(step_execution)
         log.info("step %s started", step.name)
-        if step.partitions is not None:
-            from batchctl.partition import PartitionedRun
-
-            runner: Any = PartitionedRun(
-                step, ctx, step_execution, self.repository, self.observers,
-                job=self.job, config=self.config,
-            )
-        else:
-            runner = runner_for(step)(step, ctx, step_execution, self.repository, self.observers)
+        runner = self._runner(step, ctx, step_execution)
         status, message = runner.run(self.job.listeners)
-        ended = finish_step(self.repository, runner, status, message, ctx)
+        ended = runner.finish(status, message)
         self.observers.step_ended(ended)
         log.info("step %s %s", step.name, status.value)
         return ended
+
+    def _runner(self, step: Step, ctx: StepContext, step_execution: StepExecution) -> StepRunner:
+        args = (step, ctx, step_execution, self.repository, self.observers)
+        if step.partitions is not None:
+            assert self.config is not None, "a partitioned step needs the configuration"
+            return PartitionedStepRunner(*args, job=self.job, config=self.config)
+        return runner_for(step)(*args)
 
     def _finish(self, status: Status, message: str) -> JobExecution:
         def decide(current: JobExecution) -> dict[str, Any]:
@@ -342,88 +323,6 @@ class _JobRun:
         return finished
 
 
-class _TaskletRun:
-    """Runs one tasklet step; a generator tasklet checkpoints `ctx.state` at every yield."""
-
-    def __init__(
-        self,
-        step: Step,
-        ctx: StepContext,
-        step_execution: StepExecution,
-        repository: Repository,
-        observers: Observers,
-    ) -> None:
-        self.step = step
-        self.ctx = ctx
-        self.step_execution = step_execution
-        self.repository = repository
-        self.observers = observers
-
-    def run(self, listeners: list[Any]) -> tuple[Status, str]:
-        return run_with_step_listeners(listeners, self.ctx, self._outcome, lambda: self.step_execution)
-
-    def _outcome(self) -> tuple[Status, str]:
-        try:
-            status = self._execute()
-        except FENCED:
-            raise
-        except SystemExit as exc:
-            return Status.FAILED, describe_exit(exc)
-        except Exception as exc:
-            return Status.FAILED, describe_exception(exc)
-        return status, "stopped at a checkpoint" if status == Status.STOPPED else ""
-
-    def _execute(self) -> Status:
-        if not self.step.is_generator:
-            self.step.function(self.ctx)
-            return Status.COMPLETED
-        generator = self.step.function(self.ctx)
-        try:
-            for _ in generator:
-                self._checkpoint()
-                if self.ctx.stop_requested:
-                    return Status.STOPPED
-        finally:
-            generator.close()
-        return Status.COMPLETED
-
-    def _checkpoint(self) -> None:
-        self.step_execution = self.repository.update_step_execution(
-            self.step_execution,
-            context=dict(self.ctx.state),
-            commit_count=self.step_execution.commit_count + 1,
-        )
-        self.observers.step_checkpoint(self.step_execution)
-
-
-def runner_for(step: Step) -> Callable[..., Any]:
-    """The runner of a step's kind: the tasklet runner here, the chunk loop in batchctl.chunk.
-
-    A runner is built from (step, ctx, step_execution, repository, observers); its
-    `run(listeners)` returns the step's (status, message) and keeps `step_execution` current.
-    """
-    if step.kind == "chunk":
-        from batchctl.chunk import ChunkRun
-
-        return ChunkRun
-    return _TaskletRun
-
-
-def finish_step(
-    repository: Repository, runner: Any, status: Status, message: str, ctx: StepContext
-) -> StepExecution:
-    """Record a step's (or partition's) end. One that did not complete keeps its last
-    checkpoint, so that a restart resumes there."""
-    return repository.update_step_execution(
-        runner.step_execution,
-        status=status,
-        exit_code=status.value,
-        exit_message=message or None,
-        ended_at=utcnow(),
-        context=dict(ctx.state) if status == Status.COMPLETED else runner.step_execution.context,
-    )
-
-
 def _to_stopping(current: JobExecution) -> dict[str, Any] | None:
     if current.status not in (Status.STARTING, Status.STARTED):
         return None
@@ -433,61 +332,3 @@ def _to_stopping(current: JobExecution) -> dict[str, Any] | None:
 def _step_outcome(step: StepExecution) -> str:
     outcome = f"step {step.name} {step.status.value.lower()}"
     return f"{outcome}: {step.exit_message}" if step.exit_message else outcome
-
-
-def run_with_step_listeners(
-    listeners: list[Any],
-    ctx: StepContext,
-    outcome: Callable[[], tuple[Status, str]],
-    current: Callable[[], StepExecution],
-) -> tuple[Status, str]:
-    """A step runner's frame: `before_step`, the step's `outcome()`, then `after_step` with the
-    step execution as it ends. A failing listener fails the step; a second Ctrl-C stops it."""
-    failure = call_listeners(listeners, "before_step", ctx)
-    if failure is not None:
-        return Status.FAILED, f"before_step failed: {failure}"
-    try:
-        status, message = outcome()
-    except KeyboardInterrupt:
-        status, message = Status.STOPPED, "interrupted"
-    if status == Status.COMPLETED:
-        problem = unsaveable(ctx)
-        if problem is not None:
-            status, message = Status.FAILED, problem
-    snapshot = replace(current(), status=status, exit_code=status.value, exit_message=message or None)
-    failure = call_listeners(listeners, "after_step", ctx, snapshot)
-    if failure is not None and status == Status.COMPLETED:
-        return Status.FAILED, f"after_step failed: {failure}"
-    return status, message
-
-
-def unsaveable(ctx: StepContext) -> str | None:
-    """Why a completed step's state or the job context cannot be saved, or None. Checked before
-    the step is recorded COMPLETED, so that no value is silently lost."""
-    for value, name in ((ctx.state, "ctx.state"), (ctx.job_context, "ctx.job_context")):
-        try:
-            storable_json(value, name)
-        except Exception:
-            return unstorable_reason(value, name)
-    return None
-
-
-def call_listeners(listeners: list[Any], method: str, *args: Any) -> str | None:
-    """Call every listener's `method`; return the first failure described, or None."""
-    for call in listener_calls(listeners, method):
-        try:
-            call(*args)
-        except FENCED:
-            raise
-        except SystemExit as exc:
-            return describe_exit(exc).replace("the step", f"{method}")
-        except Exception as exc:
-            return describe_exception(exc)
-    return None
-
-
-def describe_exception(exc: BaseException) -> str:
-    """The exception's one-line summary, then its traceback."""
-    summary = f"{type(exc).__name__}: {exc}"
-    trace = "".join(traceback.format_exception(exc))
-    return f"{summary}\n{trace}"[:EXIT_MESSAGE_LIMIT]

@@ -7,12 +7,14 @@ A subclass's docstring is its default message.
 
 from __future__ import annotations
 
-EXIT_COMPLETED = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_STOPPED = 3
-EXIT_REFUSED = 4
-EXIT_ENVIRONMENT = 5
+from batchctl.defaults import (  # noqa: F401 - the exit codes are also read from here
+    EXIT_COMPLETED,
+    EXIT_ENVIRONMENT,
+    EXIT_FAILED,
+    EXIT_REFUSED,
+    EXIT_STOPPED,
+    EXIT_USAGE,
+)
 
 
 class BatchctlError(Exception):

@@ -6,8 +6,11 @@ declared.
 
 from __future__ import annotations
 
+import enum
 import inspect
 import logging
+import warnings
+from difflib import get_close_matches
 import re
 import sys
 import threading
@@ -15,6 +18,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
+from batchctl.defaults import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_PARTITION_WORKERS,
+    DEFAULT_RETRY_LIMIT,
+    DEFAULT_SKIP_LIMIT,
+)
 from batchctl.errors import JobDefinitionError
 from batchctl.model import Param, convert_params
 from batchctl.schedules import schedule as _schedule
@@ -27,10 +36,26 @@ LISTENER_METHODS = (
     JOB_LISTENER_METHODS + STEP_LISTENER_METHODS + CHUNK_LISTENER_METHODS
     + PARTITION_LISTENER_METHODS
 )
-PARTITION_MODES = ("process", "thread", "remote")
 
-DEFAULT_SKIP_LIMIT = 10  # skips a chunk step tolerates when `skip` is given (Spring Batch's default)
-DEFAULT_RETRY_LIMIT = 3  # retries of a failing item or chunk write when `retry` is given
+
+class StepKind(str, enum.Enum):
+    """What a step is; each kind has its runner (batchctl.runners)."""
+
+    TASKLET = "tasklet"
+    CHUNK = "chunk"
+
+
+class PartitionMode(str, enum.Enum):
+    """Where the partitions of a partitioned step run; each mode has its executor
+    (batchctl.executors)."""
+
+    PROCESS = "process"  # local worker processes: CPU-bound work uses every core
+    THREAD = "thread"  # threads of the job's process: I/O-bound work
+    REMOTE = "remote"  # `batchctl worker` processes on any machine sharing a Postgres repository
+
+
+PARTITION_MODES = tuple(mode.value for mode in PartitionMode)
+
 
 # Used with fullmatch: `^...$` with match() lets a name end in a newline.
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*")
@@ -78,29 +103,30 @@ class PartitionSettings:
 
     partitioner: Callable[[Any], Iterable[dict[str, Any]]]
     workers: int = 2
-    mode: str = "process"
+    mode: PartitionMode = PartitionMode.PROCESS
     after_partitions: Callable[[Any, list[Any]], None] | None = None
 
 
 @dataclass(frozen=True)
 class Step:
-    """One declared step. A tasklet that is a generator checkpoints at every `yield`; a chunk
-    step (`kind="chunk"`) reads, processes and writes by `chunk`, its processor as `function`
-    (None when it has none)."""
+    """One declared step: a tasklet (`tasklet` is its function; a generator checkpoints at every
+    `yield`) or a chunk step (`chunk` says how it reads, processes and writes)."""
 
     name: str
-    function: StepFunction | Processor | None
-    kind: str = "tasklet"
+    kind: StepKind
+    tasklet: StepFunction | None = None
     chunk: ChunkSettings | None = None
     partitions: PartitionSettings | None = None
 
     @property
     def is_generator(self) -> bool:
-        return self.function is not None and inspect.isgeneratorfunction(self.function)
+        return self.tasklet is not None and inspect.isgeneratorfunction(self.tasklet)
 
     @property
     def description(self) -> str:
-        doc = inspect.getdoc(self.function) if self.function is not None else None
+        """The first line of the docstring of its tasklet, else of its processor."""
+        described = self.tasklet or (self.chunk.processor if self.chunk is not None else None)
+        doc = inspect.getdoc(described) if described is not None else None
         return doc.splitlines()[0] if doc else ""
 
 
@@ -113,7 +139,8 @@ class StepContext:
 
     `connection` is the repository database's connection inside a chunk's write: what a writer
     writes through it commits in one transaction with the chunk's checkpoint (None elsewhere).
-    `engine` is the repository database's SQLAlchemy engine, for readers of that database.
+    `database` is the repository database's SQLAlchemy engine, for readers of that database
+    (named so that it is not read as batchctl's engine; `engine` is its deprecated alias).
     """
 
     def __init__(
@@ -127,7 +154,7 @@ class StepContext:
         execution_id: int,
         step_execution_id: int,
         stop_event: threading.Event,
-        engine: Any = None,
+        database: Any = None,
     ) -> None:
         self.job_name = job_name
         self.step_name = step_name
@@ -138,9 +165,15 @@ class StepContext:
         self.step_execution_id = step_execution_id
         self.log = logging.getLogger(f"batchctl.job.{job_name}.{step_name}")
         self._stop_event = stop_event
-        self.engine = engine
+        self.database = database
         self.connection: Any = None
         self.partition: dict[str, Any] | None = None  # a partition's context, from the partitioner
+
+    @property
+    def engine(self) -> Any:
+        """Deprecated: `database`."""
+        warnings.warn("ctx.engine is deprecated: use ctx.database", DeprecationWarning, stacklevel=2)
+        return self.database
 
     @property
     def stop_requested(self) -> bool:
@@ -187,7 +220,9 @@ class Job:
                 "execution id"
             )
         self.params = {name: _as_param(name, kind) for name, kind in dict(self.params).items()}
-        self.listeners = list(self.listeners)
+        given, self.listeners = list(self.listeners), []
+        for listener in given:
+            self.listener(listener)
         caller = sys._getframe(2)
         self.defined_in = f"{caller.f_code.co_filename}:{caller.f_lineno}"
 
@@ -207,7 +242,7 @@ class Job:
         *,
         name: str | None = None,
         partitioner: Callable[[Any], Iterable[dict[str, Any]]] | None = None,
-        workers: int = 2,
+        workers: int = DEFAULT_PARTITION_WORKERS,
         mode: str = "process",
         after_partitions: Callable[[Any, list[Any]], None] | None = None,
     ) -> Any:
@@ -224,7 +259,7 @@ class Job:
                 after_partitions,
             )
             self._add_step(
-                Step(name=step_name, function=fn, kind="tasklet", partitions=partitions)
+                Step(name=step_name, kind=StepKind.TASKLET, tasklet=fn, partitions=partitions)
             )
             return fn
 
@@ -235,7 +270,7 @@ class Job:
         *,
         reader: Any,
         writer: Any,
-        size: int = 100,
+        size: int = DEFAULT_CHUNK_SIZE,
         name: str | None = None,
         retry: type[BaseException] | Iterable[type[BaseException]] = (),
         retry_limit: int | None = None,
@@ -243,7 +278,7 @@ class Job:
         skip: type[BaseException] | Iterable[type[BaseException]] = (),
         skip_limit: int | None = DEFAULT_SKIP_LIMIT,
         partitioner: Callable[[Any], Iterable[dict[str, Any]]] | None = None,
-        workers: int = 2,
+        workers: int = DEFAULT_PARTITION_WORKERS,
         mode: str = "process",
         after_partitions: Callable[[Any, list[Any]], None] | None = None,
     ) -> Callable[[Processor], Processor]:
@@ -277,7 +312,7 @@ class Job:
         *,
         reader: Any,
         writer: Any,
-        size: int = 100,
+        size: int = DEFAULT_CHUNK_SIZE,
         processor: Processor | None = None,
         retry: type[BaseException] | Iterable[type[BaseException]] = (),
         retry_limit: int | None = None,
@@ -285,7 +320,7 @@ class Job:
         skip: type[BaseException] | Iterable[type[BaseException]] = (),
         skip_limit: int | None = DEFAULT_SKIP_LIMIT,
         partitioner: Callable[[Any], Iterable[dict[str, Any]]] | None = None,
-        workers: int = 2,
+        workers: int = DEFAULT_PARTITION_WORKERS,
         mode: str = "process",
         after_partitions: Callable[[Any, list[Any]], None] | None = None,
     ) -> Step:
@@ -332,9 +367,7 @@ class Job:
             skip_limit=skip_limit if skip_types else 0,
         )
         partitions = _partition_settings(where, partitioner, workers, mode, after_partitions)
-        step = Step(
-            name=name, function=processor, kind="chunk", chunk=settings, partitions=partitions
-        )
+        step = Step(name=name, kind=StepKind.CHUNK, chunk=settings, partitions=partitions)
         self._add_step(step)
         return step
 
@@ -386,6 +419,13 @@ class Job:
             raise JobDefinitionError(
                 f"job {self.name!r}: a listener needs one of {', '.join(LISTENER_METHODS)}"
             )
+        for method in _listener_like_methods(listener):
+            close = get_close_matches(method, LISTENER_METHODS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise JobDefinitionError(
+                f"job {self.name!r}: {type(listener).__name__}.{method} is not a listener "
+                f"method{hint}; listener methods: {', '.join(LISTENER_METHODS)}"
+            )
         self.listeners.append(listener)
         return listener
 
@@ -436,6 +476,15 @@ class Job:
         return function
 
 
+def _listener_like_methods(listener: Any) -> list[str]:
+    """Public methods named like listener methods that are none: a typo would be ignored."""
+    names = [name for name in dir(listener) if name.startswith(("before_", "after_", "on_"))]
+    return [
+        name for name in names
+        if name not in LISTENER_METHODS and callable(getattr(listener, name, None))
+    ]
+
+
 def listener_calls(listeners: Iterable[Any], method: str) -> list[Callable[..., Any]]:
     """The callables to invoke for `method`: declaration order before, reverse order after."""
     calls = [getattr(lst, method) for lst in listeners if callable(getattr(lst, method, None))]
@@ -471,7 +520,7 @@ def _partition_settings(
         raise JobDefinitionError(f"{where}: mode must be one of {', '.join(PARTITION_MODES)}")
     if after_partitions is not None and not callable(after_partitions):
         raise JobDefinitionError(f"{where}: after_partitions must be callable")
-    return PartitionSettings(partitioner, workers, mode, after_partitions)
+    return PartitionSettings(partitioner, workers, PartitionMode(mode), after_partitions)
 
 
 def _as_param(name: str, kind: type | Param) -> Param:

@@ -213,7 +213,15 @@ class StepExecution:
         return (end - self.started_at).total_seconds()
 
 
-SKIP_PHASES = ("read", "process", "write")
+class SkipPhase(str, enum.Enum):
+    """Where a chunk step skipped an item."""
+
+    READ = "read"
+    PROCESS = "process"
+    WRITE = "write"
+
+
+SKIP_PHASES = tuple(phase.value for phase in SkipPhase)
 
 
 @dataclass

@@ -11,23 +11,25 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from batchctl.defaults import IDLE_SLICE, STOP_POLL_INTERVAL, WORKER_POLL_INTERVAL
 from batchctl.errors import FENCED, JobDefinitionError
-from batchctl.host import os_exit_raises
-from batchctl.job import Job, Step, StepContext
+from batchctl.host import host_name, os_exit_raises
+from batchctl.job import Job, PartitionMode, Step, StepContext
 from batchctl.model import JobExecution, Status, StepExecution, utcnow
+from batchctl.repository import Fence
+from batchctl.runners import runner_for
+from batchctl.steps import Observers, call_listeners
 
-log = logging.getLogger("batchctl.worker")
+if TYPE_CHECKING:
+    from batchctl.repository import Repository
 
-WORKER_POLL_INTERVAL = 2.0  # seconds an idle worker waits for new partitions (LISTEN wakes it sooner)
-IDLE_SLICE = 0.25  # seconds an idle worker waits at a time, so that it sees a shutdown request
-STOP_POLL_INTERVAL = 0.5  # seconds between two looks at whether the partition's job is stopping
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class ClaimFilter:
     execution_id: int | None = None
     step_name: str | None = None
     job_names: Sequence[str] | None = None
-    mode: str | None = None
+    mode: PartitionMode | None = None
 
 
 class Worker:
@@ -46,7 +48,7 @@ class Worker:
 
     def __init__(
         self,
-        repository: Any,
+        repository: Repository,
         resolve_job: Callable[[str], Job],
         *,
         kind: str,
@@ -65,7 +67,7 @@ class Worker:
         self.exit_when_idle = exit_when_idle
         self.poll_interval = poll_interval
         self.shutdown = threading.Event()
-        self.host = socket.gethostname()
+        self.host = host_name()
         self.pid = os.getpid()
         self.id: int | None = None
         self.partitions_run = 0
@@ -128,7 +130,7 @@ class Worker:
             execution_id=self.claims.execution_id,
             step_name=self.claims.step_name,
             job_names=self.claims.job_names,
-            mode=self.claims.mode,
+            mode=self.claims.mode.value if self.claims.mode is not None else None,
         )
 
     def _heartbeat(self) -> None:
@@ -158,7 +160,7 @@ class Worker:
         self._current = (partition, stop_event)
         try:
             with os_exit_raises():
-                PartitionRun(self.repository, self.resolve_job, partition, stop_event, self).run()
+                ClaimedPartition(self.repository, self.resolve_job, partition, stop_event, self).run()
             self.partitions_run += 1
         except FENCED as exc:
             log.warning("partition %s was taken over; it is left as it is (%s)", partition.name, exc)
@@ -168,12 +170,14 @@ class Worker:
             self._current = None
 
 
-class PartitionRun:
-    """Runs one claimed partition with the runner of its step's kind."""
+class ClaimedPartition:
+    """The worker's side of a partition: runs one partition it claimed, with the runner of its
+    step's kind (the job's side, which splits and waits, is batchctl.partition's
+    PartitionedStepRunner)."""
 
     def __init__(
         self,
-        repository: Any,
+        repository: Repository,
         resolve_job: Callable[[str], Job],
         partition: StepExecution,
         stop_event: threading.Event,
@@ -186,9 +190,6 @@ class PartitionRun:
         self.worker = worker
 
     def run(self) -> None:
-        from batchctl.engine import Observers, call_listeners, finish_step, runner_for
-        from batchctl.repository import Fence
-
         # Every write for the partition is conditional on its claim (the version) and on the
         # execution still being live: a worker paused past its timeout commits nothing more.
         self.repository = self.repository.fenced(Fence(self.partition.job_execution_id))
@@ -211,15 +212,13 @@ class PartitionRun:
         if failure is not None:
             self._fail(f"before_partition failed: {failure}")
             return
-        runner = runner_for(step)(
-            step, ctx, self.partition, self.repository, Observers(())
-        )
+        runner = runner_for(step)(step, ctx, self.partition, self.repository, Observers())
         status, message = runner.run(job.listeners)
         if status == Status.STOPPED and self._handing_back(execution.id):
             self.repository.release_partition(runner.step_execution)
             log.info("partition %s handed back at its checkpoint", self.partition.name)
             return
-        ended = finish_step(self.repository, runner, status, message, ctx)
+        ended = runner.finish(status, message)
         failure = call_listeners(job.listeners, "after_partition", ctx, ended)
         if failure is not None:
             log.error("after_partition of %s failed: %s", ended.name, failure)
@@ -241,7 +240,7 @@ class PartitionRun:
             execution_id=execution.id,
             step_execution_id=self.partition.id,
             stop_event=self.stop_event,
-            engine=self.repository.engine,
+            database=self.repository.engine,
         )
         ctx.partition = dict(self.partition.partition or {})
         return ctx
@@ -257,7 +256,7 @@ class PartitionRun:
         log.error("partition %s failed: %s", self.partition.name, message)
 
 
-def own_items(step: Step, mode: str | None) -> Step:
+def own_items(step: Step, mode: PartitionMode | str | None) -> Step:
     """The step with a copy of its reader and writer for one partition.
 
     Partitions in threads of one process run at once, and a reader or writer object keeps the
@@ -282,7 +281,7 @@ def _own_item(step_name: str, role: str, item: Any, mode: str | None) -> Any:
     try:
         return copy.deepcopy(item)
     except Exception as exc:
-        if mode == "thread":
+        if mode == PartitionMode.THREAD:
             raise JobDefinitionError(
                 f"step {step_name}: partitions in threads each need a copy of the {role}, and "
                 f"{type(item).__name__} cannot be copied ({type(exc).__name__}: {exc}); "

@@ -113,7 +113,7 @@ def _until(condition: Any, interval: float) -> Any:
 @bench("stop-latency",
        help=f"from `batchctl stop` to STOPPED, for a loop of {UNIT_SECONDS * 1000:g} ms units")
 def stop_latency(ctx: Context) -> Iterator[Row]:
-    from batchctl.engine import STOP_POLL_INTERVAL
+    from batchctl.defaults import STOP_POLL_INTERVAL
 
     runs = STOP_QUICK_RUNS if ctx.quick else STOP_RUNS
     # An ideal poller with free database access: on average half a poll interval until it sees

@@ -97,7 +97,7 @@ class SqlReader:
         from sqlalchemy import text
 
         if self.url is None:
-            self._engine, self._owned = ctx.engine, False
+            self._engine, self._owned = ctx.database, False
         else:
             self._engine, self._owned = _own_engine(resolve_url(self.url, ctx)), True
         preparer = self._engine.dialect.identifier_preparer

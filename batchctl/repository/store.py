@@ -507,23 +507,22 @@ class Repository(PartitionQueries):
     def commit_chunk(
         self,
         step: StepExecution,
-        changes: dict[str, Any],
-        work: Callable[[Connection], Any] | None = None,
-        skipped: list[SkippedItem] | None = None,
+        work: Callable[[Connection], tuple[dict[str, Any], list[SkippedItem]]],
         *,
         connection: Connection | None = None,
+        repeatable: bool = False,
     ) -> StepExecution:
-        """Write: one chunk's checkpoint, in one transaction: first `work(connection)` (a writer
-        writing through the repository's own database), then the chunk's `skipped` items, then
-        the step's `changes` (counters, context), conditional on the step's version. On the
-        `connection` of `chunk_connection()` when given, else on one from the pool.
+        """Write: one chunk's checkpoint, in one transaction: `work(connection)` (a writer may
+        write through the repository's own database there) returns the step's `changes`
+        (counters, context) and the chunk's skipped items; then the skipped items and the
+        changes, conditional on the step's version (and the fence). On the `connection` of
+        `chunk_connection()` when given, else on one from the pool.
 
-        `work` runs first and may still add to `changes` and `skipped` (the item-by-item replay
-        of a failed chunk does): they are read after it returns. Without `work` the transaction
-        is retried where the database asks; with it never (the work may not be repeatable): the
-        error reaches the caller with everything rolled back. When the COMMIT itself fails the
-        outcome is unknown: CommitUnknown.
+        A `repeatable` transaction is retried where the database asks; otherwise never (the
+        work may not be repeatable): the error reaches the caller with everything rolled back.
+        When the COMMIT itself fails the outcome is unknown: CommitUnknown.
         """
+        committed: dict[str, Any] = {}
 
         def run() -> None:
             if connection is not None:
@@ -535,8 +534,7 @@ class Repository(PartitionQueries):
         def commit(connection: Connection) -> None:
             transaction = connection.begin()
             try:
-                if work is not None:
-                    work(connection)
+                changes, skipped = work(connection)
                 if skipped:
                     connection.execute(skipped_item.insert(), [_skip_row(s) for s in skipped])
                 self._checkpoint(connection, step, changes)
@@ -550,8 +548,9 @@ class Repository(PartitionQueries):
                     f"the commit of a chunk of step execution {step.id} failed; it may or "
                     f"may not have been committed: {exc.orig}"
                 ) from exc
+            committed.update(changes)
 
-        if work is None:
+        if repeatable:
             self._guard(run)
         else:
             try:
@@ -560,7 +559,7 @@ class Repository(PartitionQueries):
                 if is_unreachable(exc):
                     raise unavailable(self.url, exc) from exc
                 raise
-        return replace(step, **changes, version=step.version + 1)
+        return replace(step, **committed, version=step.version + 1)
 
     def chunk_connection(self) -> Connection:
         """A connection for a chunk step to hold while it runs, for `commit_chunk`: no pool

@@ -92,8 +92,8 @@ def on_commit(connection):
 def watch_commits(ctx):
     STATE["step"] = ctx.step_name
     STATE["chunk_thread"] = threading.get_ident()
-    if not event.contains(ctx.engine, "commit", on_commit):
-        event.listen(ctx.engine, "commit", on_commit)
+    if not event.contains(ctx.database, "commit", on_commit):
+        event.listen(ctx.database, "commit", on_commit)
 
 
 @job.after_chunk

@@ -649,7 +649,7 @@ def test_a_stop_after_a_remote_worker_died_ends_stopped_and_a_restart_completes_
         **{name: (Status.STOPPED, "stopped before it started")
            for name in parts if name != running.name},
     }
-    assert parts[running.name].context["position"] == 10
+    assert parts[running.name].context["batchctl"]["position"] == 10
     assert fleet.rows("out_remote") == [(i, dead.pid) for i in range(running.partition["lo"],
                                                                      running.partition["lo"] + 10)]
 

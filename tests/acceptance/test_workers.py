@@ -73,7 +73,7 @@ def define(name, mode, workers):
 
     @job.tasklet
     def create(ctx):
-        with ctx.engine.begin() as connection:
+        with ctx.database.begin() as connection:
             connection.exec_driver_sql(
                 f"CREATE TABLE out_{name} (id INTEGER PRIMARY KEY, pid INTEGER NOT NULL)"
             )
@@ -349,7 +349,7 @@ def test_a_restart_takes_over_a_partition_a_worker_of_the_lost_execution_still_r
     assert [r[0] for r in rows] == list(range(30))  # every item exactly once
     assert [i for i, pid in rows if pid == old.pid] == list(range(10))
     [taken] = fleet.partitions(lost_id)
-    assert taken.status == Status.FAILED and taken.context["position"] == 10
+    assert taken.status == Status.FAILED and taken.context["batchctl"]["position"] == 10
     # Marking the execution lost ended its partition with it (the old worker's claim revoked).
     assert (taken.exit_message or "").startswith("process lost")
     assert "partition load:0000 was taken over" in fleet.worker_log(old)
@@ -379,7 +379,7 @@ def test_a_restart_takes_over_a_partition_an_orphaned_local_worker_still_runs(fl
     assert [r[0] for r in rows] == list(range(30))  # every item exactly once
     assert [i for i, pid in rows if pid == orphan] == list(range(10))
     [taken] = fleet.partitions(lost_id)
-    assert taken.status == Status.FAILED and taken.context["position"] == 10
+    assert taken.status == Status.FAILED and taken.context["batchctl"]["position"] == 10
     # Marking the execution lost ended its partition with it (the old worker's claim revoked).
     assert (taken.exit_message or "").startswith("process lost")
     assert "partition load:0000 was taken over" in Path(lost.log_path).read_text()
@@ -479,7 +479,7 @@ def test_local_workers_are_listed_and_shown_and_a_stop_reaches_them(fleet: Fleet
     parts = {p.name: p for p in fleet.partitions(execution_id)}
     assert {p.status for p in parts.values()} == {Status.STOPPED}
     for name in running:  # the running ones finished their chunk: items 10..14
-        assert (parts[name].exit_message, parts[name].context["position"]) == ("stopped after a chunk", 15)
+        assert (parts[name].exit_message, parts[name].context["batchctl"]["position"]) == ("stopped after a chunk", 15)
     for name in set(parts) - set(running):
         assert parts[name].exit_message == "stopped before it started"
     wait_until(lambda: not any(process_alive(pid) for pid in worker_pids))

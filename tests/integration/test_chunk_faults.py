@@ -53,7 +53,7 @@ def test_skip_limit_fails_the_step_and_counts_over_restarts(batch, write_job):
     assert "skip limit 2 exceeded" in execution.exit_message
     [step] = batch.step_executions(execution.id)
     assert (step.process_skip_count, step.commit_count, step.rollback_count) == (2, 2, 1)
-    assert step.context["skips"] == 2 and step.context["position"] == 10
+    assert step.context["batchctl"]["skips"] == 2 and step.context["batchctl"]["position"] == 10
     assert len(batch.skipped_items(execution.id)) == 2
 
     again = batch.start("limited", {"bad": "1,7,12"})  # the limit counts the earlier skips
@@ -81,7 +81,7 @@ def test_not_skippable_error_fails_the_step_with_nothing_of_its_chunk_committed(
     assert execution.status == Status.FAILED and "disk on fire" in execution.exit_message
     [step] = batch.step_executions(execution.id)
     assert (step.write_count, step.commit_count, step.rollback_count) == (10, 2, 1)
-    assert step.context["position"] == 10
+    assert step.context["batchctl"]["position"] == 10
     assert sql(batch, "SELECT count(*), max(n) FROM kept") == [(10, 9)]
 
 
@@ -150,9 +150,9 @@ def test_a_failed_commit_ends_unknown_and_the_instance_waits_for_a_person(batch,
         def arm(ctx, step):
             if step.commit_count == 2:
                 def fail(connection):
-                    event.remove(ctx.engine, "commit", fail)
+                    event.remove(ctx.database, "commit", fail)
                     raise sqlalchemy.exc.OperationalError("COMMIT", None, Exception("connection lost"))
-                event.listen(ctx.engine, "commit", fail)
+                event.listen(ctx.database, "commit", fail)
 
         job.chunk_step("copy", reader=lambda ctx: range(30), writer=lambda items, ctx: None, size=5)
     ''')

@@ -41,7 +41,7 @@ def test_processor_filters_and_counters_add_up(batch, write_job):
     [step] = batch.step_executions(execution.id)
     assert (step.read_count, step.write_count, step.filter_count) == (40, 32, 8)
     assert step.commit_count == 6 and step.rollback_count == 0
-    assert step.context["position"] == 40
+    assert step.context["batchctl"]["position"] == 40
     rows = sql(batch, "SELECT n, square FROM squares ORDER BY n")
     assert rows == [(n, n * n) for n in range(40) if n % 5]
     assert batch.job("squares").steps[0].description.startswith("Squares")
@@ -181,8 +181,8 @@ def test_restart_of_a_stopped_chunk_step_resumes_after_the_last_commit(batch, wr
 
         @job.after_chunk
         def stop_after_two(ctx, step):
-            if ctx.state["position"] == 20:
-                Repository(ctx.engine, "").request_stop(ctx.execution_id)
+            if ctx.state["batchctl"]["position"] == 20:
+                Repository(ctx.database, "").request_stop(ctx.execution_id)
                 deadline = time.monotonic() + 10
                 while not ctx.stop_requested and time.monotonic() < deadline:
                     time.sleep(0.02)
@@ -193,7 +193,7 @@ def test_restart_of_a_stopped_chunk_step_resumes_after_the_last_commit(batch, wr
     assert stopped.status == Status.STOPPED, stopped.exit_message
     [first] = batch.step_executions(stopped.id)
     assert (first.status, first.read_count, first.commit_count) == (Status.STOPPED, 20, 2)
-    assert first.context["reader"] == {"next": 20}
+    assert first.context["batchctl"]["reader"] == {"next": 20}
     assert sql(batch, "SELECT count(*) FROM out") == [(20,)]
 
     resumed = batch.start("stoppable", {"run": 1})

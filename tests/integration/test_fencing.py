@@ -65,7 +65,7 @@ def test_a_chunk_step_fenced_off_mid_run_commits_no_further_chunk(
     assert [row[0] for row in sql(batch, "SELECT n FROM posted ORDER BY n")] == list(range(10))
     [step] = batch.step_executions(returned.id)
     assert step.status == Status.FAILED and step.commit_count == 2
-    assert step.context["position"] == 10
+    assert step.context["batchctl"]["position"] == 10
     assert f"execution {returned.id} was taken over" in caplog.text
     assert "stopping without committing" in caplog.text
 

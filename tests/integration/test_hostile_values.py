@@ -202,7 +202,7 @@ def test_a_failed_chunk_leaves_the_committed_state_for_the_restart(batch: Batch)
     [step] = batch.step_executions(failed.id)
     assert failed.status == Status.FAILED
     # Items 1..10 committed: their total, not the 1..15 the processor reached before the rollback.
-    assert step.context["total"] == 55 and step.context["position"] == 10
+    assert step.context["total"] == 55 and step.context["batchctl"]["position"] == 10
 
     failing["at"] = next(fail_on)
     resumed = batch.start(job)

@@ -136,7 +136,7 @@ def test_a_stop_racing_the_completion_ends_completed(
             stop[0](ctx.execution_id)
     ''')
     job = batch.job("racing")
-    module_globals = job.steps[0].function.__globals__
+    module_globals = job.steps[0].tasklet.__globals__
     module_globals["stop"].append(other.stop)  # lands after the last step, before the end
 
     finished = batch.start(job)

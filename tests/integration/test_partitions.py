@@ -130,7 +130,7 @@ def define(mode):
     @job.before_partition
     def record(ctx):
         with (WORK / "runs.txt").open("a") as runs:
-            runs.write(f"{{ctx.execution_id}} {{ctx.step_name}} {{ctx.state.get('position', 0)}}\\n")
+            runs.write(f"{{ctx.execution_id}} {{ctx.step_name}} {{ctx.state.get('batchctl', {{}}).get('position', 0)}}\\n")
 
     @job.chunk(reader=numbers, writer=SqlWriter(f"out_{{mode}}"), size=5, partitioner=quarters,
                workers=2, mode=mode)
@@ -292,7 +292,7 @@ def test_a_restart_after_one_partition_failed_reruns_only_that_one_from_its_chec
     assert [p.status for p in first] == [Status.COMPLETED] * 2 + [Status.FAILED, Status.COMPLETED]
     assert manager(batch, failed.id, "load").status == Status.FAILED
     broken = first[2]
-    assert broken.commit_count == 7 and broken.context["position"] == 35  # items 100..134
+    assert broken.commit_count == 7 and broken.context["batchctl"]["position"] == 35  # items 100..134
     assert sorted(runs(tmp_path)) == sorted((failed.id, f"load:{i:04d}", 0) for i in range(4))
 
     (tmp_path / "fail").unlink()
@@ -341,7 +341,7 @@ def test_a_stop_reaches_every_running_partition_and_a_restart_does_each_item_onc
     unclaimed = [p for p in parts if p.commit_count == 0]
     assert len(started) == 3 and len(unclaimed) == 3
     for part in started:  # each finished the chunk it was in (items 10..14), then stopped
-        assert (part.exit_message, part.context["position"]) == ("stopped after a chunk", 15)
+        assert (part.exit_message, part.context["batchctl"]["position"]) == ("stopped after a chunk", 15)
     assert all(p.exit_message == "stopped before it started" for p in unclaimed)
     assert sql(batch, f"SELECT count(*) FROM out_{mode}")[0][0] == 45
 
@@ -373,7 +373,7 @@ def test_a_stop_reaches_every_running_partition_and_a_restart_does_each_item_onc
          "partitioner failed: JobDefinitionError: step work: a partitioner returns a list of "
          "dicts, not dict"),
         ("lambda ctx: [{'when': object()}]",
-         "partitioner failed: TypeError: Object of type object is not JSON serializable"),
+         "partitioner failed: UnstorableValue: a partition context['when'] holds an object"),
     ],
 )
 def test_a_partitioner_that_returns_non_dicts_or_raises_fails_the_step_clearly(
@@ -525,7 +525,7 @@ def numbers(ctx):
 @job.before_partition
 def record(ctx):
     with (WORK / "runs.txt").open("a") as runs:
-        runs.write(f"{{ctx.execution_id}} {{ctx.step_name}} {{ctx.state.get('position', 0)}}\\n")
+        runs.write(f"{{ctx.execution_id}} {{ctx.step_name}} {{ctx.state.get('batchctl', {{}}).get('position', 0)}}\\n")
 
 
 @job.chunk(reader=numbers, writer=SqlWriter("out_dying"), size=5, partitioner=halves, workers=1)

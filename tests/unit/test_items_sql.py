@@ -27,7 +27,7 @@ def engine(tmp_path):
 
 
 def ctx(engine: Any, **params: Any) -> Any:
-    return SimpleNamespace(params=params, engine=engine, connection=None)
+    return SimpleNamespace(params=params, database=engine, connection=None)
 
 
 def test_reader_pages_across_chunks_and_resumes_after_the_last_key(engine):

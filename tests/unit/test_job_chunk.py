@@ -27,10 +27,10 @@ def test_chunk_decorator_and_chunk_step():
 
     step = job.chunk_step("copy", reader=read, writer=write)
     first, second = job.steps
-    assert (first.name, first.kind, first.function, first.description) == ("post", "chunk", post, "Posts one entry.")
+    assert (first.name, first.kind, first.chunk.processor, first.description) == ("post", "chunk", post, "Posts one entry.")
     assert first.chunk.size == 50 and first.chunk.skip == (ValueError,) and first.chunk.retry == (OSError,)
     assert first.chunk.skip_limit == DEFAULT_SKIP_LIMIT and first.chunk.retry_limit == DEFAULT_RETRY_LIMIT
-    assert second is step and step.function is None and step.description == ""
+    assert second is step and step.chunk.processor is None and step.description == ""
     assert step.chunk.skip_limit == 0 and step.chunk.retry_limit == 0 and step.chunk.size == 100
     assert {"before_chunk", "after_chunk", "on_chunk_error", "on_skip"} <= set(LISTENER_METHODS)
 

@@ -1,0 +1,186 @@
+"""What every step runner shares: the lifecycle frame, listeners, observers, finishing a step.
+
+A runner runs one step execution (a whole step, or one partition of a partitioned step) and
+knows nothing of the job around it: the engine creates the step execution and the context,
+calls `run(listeners)`, then `finish(...)`. A new kind of step is a subclass of `StepRunner`
+and an entry in batchctl.runners' table (Spring Batch's AbstractStep and its subclasses).
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
+
+from batchctl.defaults import EXIT_MESSAGE_LIMIT
+from batchctl.errors import FENCED
+from batchctl.host import describe_exit
+from batchctl.job import Step, StepContext, listener_calls
+from batchctl.model import Status, StepExecution, storable_json, unstorable_reason, utcnow
+
+if TYPE_CHECKING:
+    from batchctl.repository import Repository
+
+
+class Observer(Protocol):
+    """What the engine reports as a run goes on (the CLI's live display is one). Every method
+    is optional: an observer implements those it needs."""
+
+    def job_started(self, execution: Any) -> None: ...
+    def job_ended(self, execution: Any) -> None: ...
+    def step_started(self, step: StepExecution) -> None: ...
+    def step_skipped(self, name: str, earlier: StepExecution) -> None: ...
+    def step_progress(self, step: StepExecution, position: int, total: int | None) -> None: ...
+    def step_checkpoint(self, step: StepExecution) -> None: ...
+    def step_ended(self, step: StepExecution) -> None: ...
+
+
+OBSERVER_METHODS = tuple(name for name in vars(Observer) if not name.startswith("_"))
+
+
+class Observers:
+    """Fans engine events out to observers; each may implement any of the Observer methods."""
+
+    def __init__(self, observers: Iterable[Any] = ()) -> None:
+        self._observers = list(observers)
+
+    def __getattr__(self, method: str) -> Callable[..., None]:
+        if method not in OBSERVER_METHODS:
+            raise AttributeError(method)
+
+        def notify(*args: Any) -> None:
+            for observer in self._observers:
+                callback = getattr(observer, method, None)
+                if callback is not None:
+                    callback(*args)
+
+        return notify
+
+
+BOOKKEEPING_KEY = "batchctl"
+"""The one key of `ctx.state` that batchctl keeps for itself: a chunk step's reader and writer
+state, position and skips; a partitioned step's partitions. A job's own keys never collide."""
+
+
+def bookkeeping(state: dict[str, Any], legacy_keys: Iterable[str]) -> dict[str, Any]:
+    """batchctl's part of a step's state, created if new. A context saved by batchctl 0.1 kept
+    these keys at the top level of the state: they are moved under the reserved key, so that a
+    run of the older version restarts."""
+    book = state.get(BOOKKEEPING_KEY)
+    if not isinstance(book, dict):
+        book = {key: state.pop(key) for key in legacy_keys if key in state}
+        state[BOOKKEEPING_KEY] = book
+    return book
+
+
+class StepRunner:
+    """Runs one step execution: `before_step`, the step's own work (`execute`), `after_step`.
+
+    Subclasses implement `execute() -> Status` (COMPLETED, or STOPPED at a checkpoint) and may
+    override `failed` (what a failure records) and `stopped_message`. A process that no longer
+    owns the execution (FENCED) lets the error through: it must record nothing more.
+    """
+
+    stopped_message = "stopped at a checkpoint"
+
+    def __init__(
+        self,
+        step: Step,
+        ctx: StepContext,
+        step_execution: StepExecution,
+        repository: Repository,
+        observers: Observers,
+    ) -> None:
+        self.step = step
+        self.ctx = ctx
+        self.step_execution = step_execution
+        self.repository = repository
+        self.observers = observers
+        self.listeners: list[Any] = []
+
+    def execute(self) -> Status:
+        raise NotImplementedError
+
+    def run(self, listeners: list[Any]) -> tuple[Status, str]:
+        """The frame: `before_step`, the outcome, then `after_step` with the step execution as
+        it ends. A failing listener fails the step; a second Ctrl-C stops it. A completed step
+        whose state or job context cannot be saved fails, so that no value is silently lost."""
+        self.listeners = listeners
+        failure = call_listeners(listeners, "before_step", self.ctx)
+        if failure is not None:
+            return Status.FAILED, f"before_step failed: {failure}"
+        try:
+            status, message = self.outcome()
+        except KeyboardInterrupt:
+            status, message = Status.STOPPED, "interrupted"
+        if status == Status.COMPLETED:
+            problem = unsaveable(self.ctx)
+            if problem is not None:
+                status, message = Status.FAILED, problem
+        snapshot = replace(
+            self.step_execution, status=status, exit_code=status.value, exit_message=message or None
+        )
+        failure = call_listeners(listeners, "after_step", self.ctx, snapshot)
+        if failure is not None and status == Status.COMPLETED:
+            return Status.FAILED, f"after_step failed: {failure}"
+        return status, message
+
+    def outcome(self) -> tuple[Status, str]:
+        try:
+            status = self.execute()
+        except FENCED:
+            raise
+        except SystemExit as exc:
+            return self.failed(exc, describe_exit(exc))
+        except Exception as exc:
+            return self.failed(exc)
+        return status, self.stopped_message if status == Status.STOPPED else ""
+
+    def failed(self, exc: BaseException, message: str | None = None) -> tuple[Status, str]:
+        """What a failure of the step's own work records."""
+        return Status.FAILED, message or describe_exception(exc)
+
+    def finish(self, status: Status, message: str) -> StepExecution:
+        """Record the step's (or partition's) end. One that did not complete keeps its last
+        checkpoint, so that a restart resumes there."""
+        context = dict(self.ctx.state) if status == Status.COMPLETED else self.step_execution.context
+        self.step_execution = self.repository.update_step_execution(
+            self.step_execution,
+            status=status,
+            exit_code=status.value,
+            exit_message=message or None,
+            ended_at=utcnow(),
+            context=context,
+        )
+        return self.step_execution
+
+
+def unsaveable(ctx: StepContext) -> str | None:
+    """Why a completed step's state or the job context cannot be saved, or None."""
+    for value, name in ((ctx.state, "ctx.state"), (ctx.job_context, "ctx.job_context")):
+        try:
+            storable_json(value, name)
+        except Exception:
+            return unstorable_reason(value, name)
+    return None
+
+
+def call_listeners(listeners: list[Any], method: str, *args: Any) -> str | None:
+    """Call every listener's `method`; return the first failure described, or None."""
+    for call in listener_calls(listeners, method):
+        try:
+            call(*args)
+        except FENCED:
+            raise
+        except SystemExit as exc:
+            return describe_exit(exc).replace("the step", method)
+        except Exception as exc:
+            return describe_exception(exc)
+    return None
+
+
+def describe_exception(exc: BaseException) -> str:
+    """The exception's one-line summary, then its traceback."""
+    summary = f"{type(exc).__name__}: {exc}"
+    trace = "".join(traceback.format_exception(exc))
+    return f"{summary}\n{trace}"[:EXIT_MESSAGE_LIMIT]
