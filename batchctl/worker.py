@@ -130,7 +130,7 @@ class Worker:
             execution_id=self.claims.execution_id,
             step_name=self.claims.step_name,
             job_names=self.claims.job_names,
-            mode=self.claims.mode.value if self.claims.mode is not None else None,
+            mode=None if self.claims.mode is None else PartitionMode(self.claims.mode).value,
         )
 
     def _heartbeat(self) -> None:

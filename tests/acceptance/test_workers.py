@@ -69,7 +69,7 @@ def define(name, mode, workers):
     def claimed(ctx):
         """Every run of a partition: "<partition> <pid> <position it resumes from>"."""
         with (WORK / "claims.txt").open("a") as claims:
-            claims.write(f"{ctx.step_name} {os.getpid()} {ctx.state.get('position', 0)}\\n")
+            claims.write(f"{ctx.step_name} {os.getpid()} {ctx.state.get('batchctl', {}).get('position', 0)}\\n")
 
     @job.tasklet
     def create(ctx):

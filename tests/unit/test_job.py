@@ -168,3 +168,40 @@ def test_the_public_api_is_importable_from_the_package() -> None:
         assert getattr(batchctl, name) is not None
     with pytest.raises(AttributeError):
         batchctl.NoSuchThing  # noqa: B018
+
+
+def test_a_listener_method_with_a_typo_is_refused_naming_the_method_meant() -> None:
+    class Audit:
+        def before_jobs(self, execution):  # a typo: never called
+            pass
+
+        def after_step(self, ctx, step):
+            pass
+
+    with pytest.raises(JobDefinitionError, match=r"Audit.before_jobs is not a listener method \(did you mean before_job\?\)"):
+        Job("audited", listeners=[Audit()])
+    with pytest.raises(JobDefinitionError, match="before_jobs"):
+        Job("audited").listener(Audit())
+
+
+def test_ctx_engine_is_a_deprecated_alias_of_ctx_database() -> None:
+    import threading
+
+    from batchctl.job import StepContext
+
+    ctx = StepContext(job_name="j", step_name="s", params={}, state={}, job_context={},
+                      execution_id=1, step_execution_id=1, stop_event=threading.Event(),
+                      database="the engine")
+    with pytest.warns(DeprecationWarning, match="ctx.database"):
+        assert ctx.engine == "the engine"
+
+
+def test_steps_know_their_kind_and_partitioned_steps_their_mode() -> None:
+    from batchctl.job import PartitionMode, StepKind
+
+    job = Job("kinds")
+    job.tasklet(lambda ctx: None, name="plain")
+    job.tasklet(lambda ctx: None, name="split", partitioner=lambda ctx: [{}], mode="thread")
+    plain, split = job.steps
+    assert plain.kind is StepKind.TASKLET and plain.partitions is None
+    assert split.partitions is not None and split.partitions.mode is PartitionMode.THREAD
