@@ -200,7 +200,7 @@ def agree_on_records(reader: Any, writer: Any) -> list[str] | None:
     sink = getattr(writer, "writer", None)
     offer = getattr(source, "record_names", None)
     take = getattr(sink, "take_records", None)
-    if offer is None or take is None:
+    if source is None or offer is None or take is None:
         return None
     names = offer()
     if not names or not take(names):

@@ -149,8 +149,11 @@ def _where(exc: BaseException, module_file: Path) -> str:
     folder = str(module_file.parent.resolve())
     frames = traceback.extract_tb(exc.__traceback__)
     inside = [frame for frame in frames if str(Path(frame.filename).resolve()).startswith(folder)]
-    frame = (inside or frames or [None])[-1]
-    return f"{frame.filename}:{frame.lineno}" if frame else str(module_file)
+    candidates = inside or list(frames)
+    if not candidates:
+        return str(module_file)
+    frame = candidates[-1]
+    return f"{frame.filename}:{frame.lineno}"
 
 
 def _jobs_in(module: Any) -> list[Job]:

@@ -183,7 +183,7 @@ class CsvReader:
             if missing:
                 raise JobDefinitionError(
                     f"{path}: no column for field(s) {', '.join(missing)} of "
-                    f"{self.row_type.__name__} (columns: {', '.join(self.names)})"
+                    f"{getattr(self.row_type, '__name__', self.row_type)} (columns: {', '.join(self.names)})"
                 )
             for name in fields:
                 types.setdefault(name, hints.get(name, str))
