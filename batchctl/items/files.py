@@ -59,6 +59,7 @@ class FileWriter:
         self.path: Path | None = None
         self._file: BinaryIO | None = None
         self._offset = 0
+        self._inode: int | None = None  # the file this writer last wrote (see _resume)
 
     @property
     def target(self) -> Path:
@@ -77,23 +78,50 @@ class FileWriter:
         else:
             if self.atomic and not target.exists() and self.path.exists():
                 self.path.replace(target)  # renamed, but the step was not recorded complete
-            try:
-                handle = open(target, "r+b")  # noqa: SIM115 - closed by close()
-            except FileNotFoundError:
-                raise CheckpointMismatch(
-                    f"{target} is gone; its checkpoint says {offset} bytes were written"
-                ) from None
-            size = handle.seek(0, os.SEEK_END)
-            if size < offset:
-                handle.close()
-                raise CheckpointMismatch(
-                    f"{target} has {size} bytes, fewer than the {offset} its checkpoint committed"
-                )
+            self._file = self._resume(target, int(offset))
+            self._offset = int(offset)
+        self._inode = os.fstat(self._file.fileno()).st_ino
+        self.restore(state)
+
+    def _resume(self, target: Path, offset: int) -> BinaryIO:
+        """The file cut back to its committed `offset`, open for writing at its end.
+
+        This writer wrote the file itself (a rolled-back chunk): cut it in place. Anyone else
+        (a restart, another worker taking the partition over) writes a fresh copy of the
+        committed bytes and renames it over the file: a process that lost the file to us, and
+        may still hold it open, then writes only into a file no longer on disk.
+        """
+        try:
+            handle = open(target, "r+b")  # noqa: SIM115 - closed by close() or below
+        except FileNotFoundError:
+            raise CheckpointMismatch(
+                f"{target} is gone; its checkpoint says {offset} bytes were written"
+            ) from None
+        size = handle.seek(0, os.SEEK_END)
+        if size < offset:
+            handle.close()
+            raise CheckpointMismatch(
+                f"{target} has {size} bytes, fewer than the {offset} its checkpoint committed"
+            )
+        if os.fstat(handle.fileno()).st_ino == self._inode:
             handle.truncate(offset)
             handle.seek(offset)
-            self._file = handle
-            self._offset = int(offset)
-        self.restore(state)
+            return handle
+        fresh = target.with_name(f"{target.name}.{os.getpid()}.resume")
+        mode = os.fstat(handle.fileno()).st_mode & 0o7777
+        copy = os.fdopen(os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_TRUNC, mode), "w+b")
+        try:
+            _copy_bytes(handle, copy, offset)
+            copy.flush()
+            os.fsync(copy.fileno())
+            fresh.replace(target)
+        except BaseException:
+            copy.close()
+            fresh.unlink(missing_ok=True)
+            raise
+        finally:
+            handle.close()
+        return copy
 
     def restore(self, state: dict[str, Any]) -> None:
         """Subclasses take back what they saved in `saved_state`."""
@@ -134,6 +162,17 @@ class FileWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _copy_bytes(source: BinaryIO, target: BinaryIO, count: int) -> None:
+    """The first `count` bytes of `source` into `target`, in the kernel where it can."""
+    copied = 0
+    while copied < count:
+        sent = os.sendfile(target.fileno(), source.fileno(), copied, count - copied)
+        if sent == 0:
+            raise CheckpointMismatch(f"{source.name} ended before its committed {count} bytes")
+        copied += sent
+    target.seek(count)
 
 
 def _sha256(path: Path) -> str:

@@ -11,8 +11,12 @@ Every test that can runs on SQLite and on Postgres; remote workers need Postgres
 by the heartbeat is asked for explicitly, by a command run with a short `heartbeat_timeout`
 (the processes under test run with the generous one of the operations tests, so that nothing
 else judges them on a loaded machine). Tests wait for states with a deadline, never for a fixed
-time. A paused process is paused at a moment it holds no database lock (see `pause`), as a
-process paused for real would not block the others forever.
+time. A process is paused at a moment it holds no database lock (see `pause`): one paused inside
+a transaction blocks the writers of SQLite, or the rows it locked on Postgres, until it resumes,
+whatever the fencing does; that is not what these tests are about.
+
+The last test pauses a worker between its fence check and its write (while the writer formats
+the chunk): the stale worker's bytes must not reach the file another worker completed either.
 """
 
 from __future__ import annotations
@@ -258,7 +262,9 @@ def holds_locks(runner: Ops, execution_id: int, worker_pid: int | None = None) -
          {"id": execution_id}),
     ]
     if worker_pid is not None:
-        probes.append(("SELECT 1 FROM worker WHERE pid = :pid FOR UPDATE NOWAIT", {"pid": worker_pid}))
+        probes.append(
+            ("SELECT 1 FROM worker WHERE pid = :pid FOR UPDATE NOWAIT", {"pid": worker_pid})
+        )
     with runner.repository.engine.connect() as connection:
         try:
             with connection.begin():
@@ -313,6 +319,11 @@ def step_rows(runner: Ops, execution_id: int) -> list[tuple[Any, ...]]:
 def execution_row(runner: Ops, execution_id: int) -> tuple[Any, ...]:
     e = runner.execution(execution_id)
     return (e.status, e.exit_message, e.started_at, e.ended_at, e.version)
+
+
+def idle(fleet: Fleet, pid: int) -> bool:
+    """The worker `pid` is live (heartbeating) and runs no partition."""
+    return any(w["pid"] == pid and not w["partition"] for w in fleet.live_workers())
 
 
 def wait_until_gone(pid: int) -> None:
@@ -465,7 +476,10 @@ def _unshare_works() -> str | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unshare cannot run: {exc}"
     if probe.returncode != 0:
-        return f"unshare -p -f --mount-proc fails here (root and CAP_SYS_ADMIN needed): {probe.stderr.strip()}"
+        return (
+            "unshare -p -f --mount-proc fails here (it needs root or CAP_SYS_ADMIN): "
+            f"{probe.stderr.strip()}"
+        )
     return None
 
 
@@ -490,7 +504,8 @@ def test_a_command_run_in_another_pid_namespace_does_not_mark_a_healthy_run_lost
         capture_output=True, text=True, timeout=90,
     )
     assert history.returncode == 0, describe(history)
-    assert [(e["id"], e["status"]) for e in json.loads(history.stdout)] == [(execution_id, "STARTED")]
+    listed = [(e["id"], e["status"]) for e in json.loads(history.stdout)]
+    assert listed == [(execution_id, "STARTED")]
     restart = subprocess.run(
         [*unshared, BATCHCTL, "restart", str(execution_id)], env=ops.env, cwd=ops.cwd,
         capture_output=True, text=True, timeout=90,
@@ -603,7 +618,7 @@ def test_a_paused_remote_worker_leaves_the_completed_csv_of_its_partition_untouc
     # Resumed, the first worker finishes the chunk it was in; its fence refuses it before a byte
     # is written, and it leaves the file to the worker that took the partition over.
     wait_until(lambda: "partition square:0000 was taken over" in fleet.worker_log(first))
-    wait_until(lambda: [w for w in fleet.live_workers() if w["pid"] == first.pid and not w["partition"]])
+    wait_until(lambda: idle(fleet, first.pid))
 
     assert out.read_bytes() == content
     assert sums.read_text() == checksum
@@ -617,7 +632,7 @@ def test_a_paused_remote_worker_leaves_the_completed_csv_of_its_partition_untouc
     assert out.read_bytes() == content and not (fleet.work / "out-a.csv.part").exists()
 
 
-# -- 4. a stop after the worker of a partition died -------------------------------------------------
+# -- 4. a stop after the worker of a partition died ----------------------------------------------
 
 
 def test_a_stop_after_a_remote_worker_died_ends_stopped_and_a_restart_completes_once(
@@ -699,11 +714,11 @@ def test_a_worker_paused_between_its_fence_check_and_its_write_leaves_the_comple
 
     os.kill(first.pid, signal.SIGCONT)
     wait_until(lambda: "partition square_by:0000 was taken over" in fleet.worker_log(first))
-    wait_until(lambda: [w for w in fleet.live_workers() if w["pid"] == first.pid and not w["partition"]])
+    wait_until(lambda: idle(fleet, first.pid))
 
     after = out.read_bytes()
-    changed = [(was, now) for was, now in zip(content.decode().splitlines(), after.decode().splitlines())
-               if was != now]
+    pairs = zip(content.decode().splitlines(), after.decode().splitlines())
+    changed = [(was, now) for was, now in pairs if was != now]
     assert after == content, f"rows of the completed file rewritten by the stale worker: {changed}"
     assert hashlib.sha256(after).hexdigest() == checksum.split()[0]
     assert not (fleet.work / "race-a.csv.part").exists()
