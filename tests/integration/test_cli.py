@@ -57,18 +57,15 @@ Invoke = Callable[..., Result]
 
 @pytest.fixture
 def invoke(
-    fresh_cli: None, cli_env: None, write_job: Callable[[str, str], Path]
+    cli_env: None, write_job: Callable[[str, str], Path]
 ) -> Iterator[Invoke]:
-    """invoke("start", "hello", ...): the app through CliRunner, a new Batch per command."""
+    """invoke("start", "hello", ...): the app through CliRunner, a new Batch per command (the
+    invocation's context opens it and closes it)."""
     write_job("hello", JOBS)
     runner = CliRunner()
 
     def run(*args: str) -> Result:
-        result = runner.invoke(cli.app, list(args))
-        if cli._options.batch is not None:
-            cli._options.batch.close()
-            cli._options.batch = None
-        return result
+        return runner.invoke(cli.app, list(args))
 
     yield run
 
@@ -241,7 +238,7 @@ def test_every_command_has_help(invoke: Invoke) -> None:
 
 
 def test_a_password_in_a_reachable_database_url_is_never_printed(
-    fresh_cli: None, postgres_url: str, jobs_dir: Path, write_job: Callable[[str, str], Path],
+    postgres_url: str, jobs_dir: Path, write_job: Callable[[str, str], Path],
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
     """Postgres only: the test server trusts local connections, so any password is accepted."""
@@ -258,7 +255,5 @@ def test_a_password_in_a_reachable_database_url_is_never_printed(
         result = runner.invoke(cli.app, args)
         assert result.exit_code == 0, result.output
         outputs.append(result.stdout + result.stderr)
-        cli._options.batch.close()
-        cli._options.batch = None
     assert not any("secretpw" in output for output in outputs)
     assert "postgresql://postgres:***@" in outputs[0]
