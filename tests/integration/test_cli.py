@@ -100,6 +100,26 @@ def test_start_of_a_failed_instance_says_it_resumes(invoke: Invoke) -> None:
     assert "resuming job broken from execution 1 (new execution 2)" in result.stderr
 
 
+def test_a_detached_restart_says_it_resumes_and_json_says_nothing_but_json(invoke: Invoke) -> None:
+    invoke("start", "broken")
+    launched = invoke("restart", "broken", "--detach")
+    assert launched.exit_code == 0, launched.output
+    assert "resuming job broken from execution 1 (new execution 2)" in launched.stderr
+    assert "execution 2 of broken launched" in launched.stdout
+    ended = invoke("stop", "2", "--wait", "--timeout", "60")  # let the launched process end
+    assert ended.exit_code in (0, 4), ended.output  # 4: it ended before the stop arrived
+    again = invoke("start", "broken", "--json")
+    assert again.exit_code == 1 and json.loads(again.stdout)["resumed_from"] == 2
+    assert "resuming" not in again.stderr
+
+
+def test_each_invocation_has_its_own_state(invoke: Invoke, tmp_path: Path) -> None:
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert invoke("--db", other, "start", "hello", "--params", '{"n": 1}').exit_code == 0
+    assert parse(invoke("history", "--json")) == []  # back on the environment's repository
+    assert len(parse(invoke("--db", other, "history", "--json"))) == 1
+
+
 def test_start_json_prints_the_finished_execution_with_its_steps(invoke: Invoke) -> None:
     data = parse(invoke("start", "hello", "--params", '{"n": "3"}', "--json"))
     assert EXECUTION_KEYS <= data.keys()
