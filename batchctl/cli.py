@@ -1,7 +1,9 @@
-"""The `batchctl` command: parses, calls the operator, hands results to render.
+"""The `batchctl` command: parses, calls `Batch`, hands results to render.
 
-Errors are mapped to exit codes in one place (`main`). SQLAlchemy, Alembic, rich tables and job
-modules are imported inside the commands that need them, so `batchctl --help` starts fast.
+The global options and the `Batch` they open live in Typer's context (`ctx.obj`, a `CliState`),
+one per invocation, closed when it ends. Errors are mapped to exit codes in one place (`main`).
+SQLAlchemy, Alembic, rich tables and job modules are imported inside the commands that need
+them, so `batchctl --help` starts fast.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from functools import partial
+from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 
 from batchctl.errors import EXIT_FAILED, EXIT_USAGE, BatchctlError
 
 if TYPE_CHECKING:
+    from batchctl.model import JobExecution
     from batchctl.operator import Batch
 
 HIDDEN_COMMAND = "run-execution"  # the same name as batchctl.launcher.HIDDEN_COMMAND
@@ -35,20 +39,17 @@ app.add_typer(db_app, name="db")
 
 
 @dataclass
-class _Options:
+class CliState:
+    """What the global options chose for one invocation, and the `Batch` opened from them."""
+
     config: str | None = None
     database_url: str | None = None
     jobs_dir: str | None = None
     debug: bool = False
     batch: Batch | None = None
 
-    def close(self) -> None:
-        """Forget what an earlier run in this process chose (tests run the CLI many times)."""
-        if self.batch is not None:
-            self.batch.close()
-        self.__init__()  # type: ignore[misc]
-
     def open(self) -> Batch:
+        """The invocation's Batch, opened on first use."""
         if self.batch is None:
             from batchctl.operator import Batch
 
@@ -57,14 +58,22 @@ class _Options:
             )
         return self.batch
 
+    def close(self) -> None:
+        """Close the Batch's connections (kept, for its configuration, by the error handler)."""
+        if self.batch is not None:
+            self.batch.close()
 
-_options = _Options()
+
+def _batch(ctx: typer.Context) -> Batch:
+    return ctx.ensure_object(CliState).open()
+
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")]
 
 
 @app.callback()
 def _global(
+    ctx: typer.Context,
     config: Annotated[
         Optional[str],
         typer.Option("--config", envvar="BATCHCTL_CONFIG", help="Configuration file (TOML)."),
@@ -81,14 +90,17 @@ def _global(
         bool, typer.Option("--debug", help="Show tracebacks (also BATCHCTL_DEBUG=1).")
     ] = False,
 ) -> None:
-    _options.config = config
-    _options.database_url = db
-    _options.jobs_dir = jobs_dir
-    _options.debug = debug or _options.debug
+    state = ctx.ensure_object(CliState)
+    state.config = config
+    state.database_url = db
+    state.jobs_dir = jobs_dir
+    state.debug = debug or state.debug
+    ctx.call_on_close(state.close)
 
 
 @app.command()
 def start(
+    ctx: typer.Context,
     job: Annotated[str, typer.Argument(help="The job's name.")],
     params: Annotated[
         Optional[str], typer.Option("--params", "-p", help="Params as a JSON object.")
@@ -102,14 +114,13 @@ def start(
     from batchctl.model import parse_params
 
     given = parse_params(params)
-    batch = _options.open()
-    _prepare_detach(batch, detach)
-    execution, found = batch.create_start(job, given, detach=detach)
-    _run_or_launch(batch, found, execution, detach=detach, as_json=as_json)
+    batch = _batch(ctx)
+    _run_or_launch(batch, partial(batch.start, job, given), detach=detach, as_json=as_json)
 
 
 @app.command()
 def restart(
+    ctx: typer.Context,
     target: Annotated[str, typer.Argument(metavar="JOB|ID", help="A job name or an execution id.")],
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Run in a new process; print its id and return.")
@@ -117,10 +128,30 @@ def restart(
     as_json: JsonOption = False,
 ) -> None:
     """Resume a STOPPED or FAILED instance where it stopped: completed steps are skipped."""
-    batch = _options.open()
-    _prepare_detach(batch, detach)
-    execution, found = batch.create_restart(_target(target), detach=detach)
-    _run_or_launch(batch, found, execution, detach=detach, as_json=as_json)
+    batch = _batch(ctx)
+    _run_or_launch(batch, partial(batch.restart, _target(target)), detach=detach, as_json=as_json)
+
+
+def _run_or_launch(
+    batch: Batch, operation: Callable[..., JobExecution], *, detach: bool, as_json: bool
+) -> None:
+    """`batch.start` or `batch.restart`, in the foreground (stoppable by Ctrl-C and SIGTERM,
+    exiting with the execution's exit code) or detached; then the outcome."""
+    from batchctl import render
+
+    if detach:
+        with render.run_observers(batch.job, notices=not as_json, live=False) as observers:
+            launched = operation(detach=True, observers=observers)
+        render.output(render.execution_dict(launched), lambda: render.print_launched(launched),
+                      as_json=as_json)
+        return
+    terminal = render.stderr.is_terminal and not as_json
+    render.setup_logging(rich_output=terminal)
+    with render.run_observers(batch.job, notices=not as_json, live=terminal) as observers:
+        finished = operation(observers=observers, handle_signals=True)
+    render.output(lambda: render.execution_dict(finished, batch.step_executions(finished.id)),
+                  lambda: render.print_outcome(finished), as_json=as_json)
+    raise typer.Exit(finished.process_exit_code)
 
 
 def _target(target: str) -> str:
@@ -140,53 +171,9 @@ def _execution_id(execution_id: int) -> int:
     return parse_execution_id(execution_id)
 
 
-def _prepare_detach(batch: Batch, detach: bool) -> None:
-    """A detached run needs its log folder: say so (exit 5) before an execution is recorded."""
-    if detach:
-        from batchctl.launcher import prepare_log_dir
-
-        prepare_log_dir(batch.config)
-
-
-def _run_or_launch(batch: Batch, job: Any, execution: Any, *, detach: bool, as_json: bool) -> None:
-    from batchctl import render
-
-    if execution.resumed_from and not as_json:
-        render.warn(
-            f"resuming job {job.name} from execution {execution.resumed_from} "
-            f"(new execution {execution.id})"
-        )
-    if detach:
-        launched = batch.launch(execution)
-        if as_json:
-            render.print_json(render.execution_dict(launched))
-        else:
-            render.print_launched(launched)
-        return
-    _run(batch, job, execution, as_json=as_json)
-
-
-def _run(batch: Batch, job: Any, execution: Any, *, as_json: bool) -> None:
-    from batchctl import render
-    from batchctl.launcher import run_foreground
-
-    terminal = render.stderr.is_terminal and not as_json
-    render.setup_logging(rich_output=terminal)
-    observers = render.displays(job, terminal=terminal)
-    if observers:
-        with observers[0]:
-            finished = run_foreground(batch, job, execution, observers=observers)
-    else:
-        finished = run_foreground(batch, job, execution)
-    if as_json:
-        render.print_json(render.execution_dict(finished, batch.step_executions(finished.id)))
-    else:
-        render.print_outcome(finished)
-    raise typer.Exit(finished.process_exit_code)
-
-
 @app.command()
 def stop(
+    ctx: typer.Context,
     target: Annotated[str, typer.Argument(metavar="JOB|ID", help="A job name or an execution id.")],
     wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait until it has ended.")] = False,
     timeout: Annotated[
@@ -198,30 +185,28 @@ def stop(
     """Ask a live execution to stop at its next checkpoint."""
     from batchctl import render
 
-    execution = _options.open().stop(_target(target), wait=wait, timeout=timeout)
-    if as_json:
-        render.print_json(render.execution_dict(execution))
-    else:
-        render.print_stop(execution, waited=wait)
+    execution = _batch(ctx).stop(_target(target), wait=wait, timeout=timeout)
+    render.output(render.execution_dict(execution),
+                  lambda: render.print_stop(execution, waited=wait), as_json=as_json)
 
 
 @app.command()
 def abandon(
+    ctx: typer.Context,
     execution_id: Annotated[int, typer.Argument(metavar="ID", help="An execution id.")],
     as_json: JsonOption = False,
 ) -> None:
     """Mark a STOPPED, FAILED or UNKNOWN execution ABANDONED: it will never be restarted."""
     from batchctl import render
 
-    execution = _options.open().abandon(_execution_id(execution_id))
-    if as_json:
-        render.print_json(render.execution_dict(execution))
-    else:
-        render.stdout.print(f"execution {execution.id} of {execution.job_name} abandoned")
+    execution = _batch(ctx).abandon(_execution_id(execution_id))
+    render.output(render.execution_dict(execution), lambda: render.print_abandoned(execution),
+                  as_json=as_json)
 
 
 @app.command()
 def logs(
+    ctx: typer.Context,
     execution_id: Annotated[int, typer.Argument(metavar="ID", help="An execution id.")],
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing until the execution ends.")
@@ -230,13 +215,14 @@ def logs(
     """Print a detached execution's log."""
     from batchctl.launcher import read_log
 
-    for chunk in read_log(_options.open(), _execution_id(execution_id), follow=follow):
+    for chunk in read_log(_batch(ctx), _execution_id(execution_id), follow=follow):
         sys.stdout.write(chunk)
         sys.stdout.flush()
 
 
 @app.command()
 def worker(
+    ctx: typer.Context,
     poll: Annotated[
         float,
         typer.Option("--poll", min=0.05, help="Seconds between looks for work when idle."),
@@ -249,37 +235,37 @@ def worker(
     from batchctl import render
 
     render.setup_logging(rich_output=False)
-    _options.open().run_worker(
+    _batch(ctx).run_worker(
         poll_interval=poll, execution_id=execution, step_name=step, exit_when_idle=exit_when_idle
     )
 
 
 @app.command()
-def workers(as_json: JsonOption = False) -> None:
+def workers(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Live workers and the partition each is running."""
     from batchctl import render
 
-    found = _options.open().workers()
-    if as_json:
-        render.print_json([render.worker_dict(info) for info in found])
-    else:
-        render.print_workers(found)
+    found = _batch(ctx).workers()
+    render.output([render.worker_dict(info) for info in found],
+                  lambda: render.print_workers(found), as_json=as_json)
 
 
 @app.command(HIDDEN_COMMAND, hidden=True)
 def run_execution(
+    ctx: typer.Context,
     execution_id: Annotated[int, typer.Argument(metavar="ID")],
 ) -> None:
     """Run a launched execution (the process a detached start creates)."""
     from batchctl import render
 
     render.setup_logging(rich_output=False)
-    finished = _options.open().run_launched(execution_id)
+    finished = _batch(ctx)._run_launched(execution_id)  # internal: this command is its only caller
     raise typer.Exit(finished.process_exit_code)
 
 
 @app.command()
 def history(
+    ctx: typer.Context,
     job: Annotated[Optional[str], typer.Argument(help="Only this job's executions.")] = None,
     status: Annotated[
         Optional[list[str]],
@@ -292,52 +278,46 @@ def history(
 ) -> None:
     """Executions, newest first."""
     from batchctl import render
-    from batchctl.operator import parse_statuses
 
-    wanted = parse_statuses(status or [])
-    executions = _options.open().history(job, statuses=wanted, limit=limit)
-    if as_json:
-        render.print_json([render.execution_dict(execution) for execution in executions])
-    else:
-        render.print_history(executions)
+    executions = _batch(ctx).history(job, statuses=status or [], limit=limit)
+    render.output([render.execution_dict(execution) for execution in executions],
+                  lambda: render.print_history(executions), as_json=as_json)
 
 
 @app.command()
 def show(
+    ctx: typer.Context,
     execution_id: Annotated[int, typer.Argument(metavar="ID", help="An execution id.")],
     as_json: JsonOption = False,
 ) -> None:
     """One execution with its step executions and the items its chunk steps skipped."""
     from batchctl import render
 
-    batch = _options.open()
+    batch = _batch(ctx)
     execution_id = _execution_id(execution_id)
     execution = batch.execution(execution_id)
     steps = batch.step_executions(execution_id)
     skipped = batch.skipped_items(execution_id)
-    if as_json:
-        render.print_json(render.execution_dict(execution, steps, skipped))
-    else:
-        render.print_execution(execution, steps, skipped)
+    render.output(render.execution_dict(execution, steps, skipped),
+                  lambda: render.print_execution(execution, steps, skipped), as_json=as_json)
 
 
 @app.command()
-def jobs(as_json: JsonOption = False) -> None:
+def jobs(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Registered jobs: description, params and steps."""
     from batchctl import render
 
-    batch = _options.open()
+    batch = _batch(ctx)
     found = batch.jobs()
     for problem in batch.registry.problems:
         render.warn(f"warning: {problem}")
-    if as_json:
-        render.print_json([render.job_dict(job) for job in found])
-    else:
-        render.print_jobs(found)
+    render.output([render.job_dict(job) for job in found], lambda: render.print_jobs(found),
+                  as_json=as_json)
 
 
 @app.command("schedules")
 def schedules_(
+    ctx: typer.Context,
     name: Annotated[Optional[str], typer.Argument(help="One schedule: list its next fires.")] = None,
     count: Annotated[
         Optional[int], typer.Option("--next", "-n", min=1, help="With NAME: how many fires (5).")
@@ -358,7 +338,7 @@ def schedules_(
 
     if name is None and (count is not None or after is not None):
         raise UsageError("--next and --after need a schedule NAME")
-    batch, now = _options.open(), utcnow()
+    batch, now = _batch(ctx), utcnow()
     valid, problems = load_schedules(batch.config, batch.registry, now=now)
     if name is not None:
         schedule = find_schedule(name, valid, problems)
@@ -373,32 +353,15 @@ def schedules_(
 
 
 @db_app.command("upgrade")
-def db_upgrade() -> None:
+def db_upgrade(ctx: typer.Context) -> None:
     """Create or migrate the repository schema."""
     from batchctl import render
-    from batchctl.repository.connect import create_repository_engine
-    from batchctl.repository.migrate import HEAD_REVISION, upgrade
 
-    config = _options.open().config
-    engine = create_repository_engine(config.database_url)
-    try:
-        _guarded(config.database_url, lambda: upgrade(engine))
-    finally:
-        engine.dispose()
-    render.stderr.print(f"job repository {config.display_database_url} is at revision {HEAD_REVISION}")
-
-
-def _guarded(url: str, work: Any) -> Any:
-    from sqlalchemy.exc import DBAPIError
-
-    from batchctl.repository.connect import is_unreachable, unavailable
-
-    try:
-        return work()
-    except DBAPIError as exc:
-        if is_unreachable(exc):
-            raise unavailable(url, exc) from exc
-        raise
+    batch = _batch(ctx)
+    revision = batch.upgrade_schema()
+    render.stderr.print(
+        f"job repository {batch.config.display_database_url} is at revision {revision}"
+    )
 
 
 # -- error handling: the one place errors become exit codes -----------------------------------------
@@ -407,22 +370,24 @@ def _guarded(url: str, work: Any) -> Any:
 def main(argv: list[str] | None = None) -> None:
     """The console script: run the app, map every error to one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
-    _options.close()
-    _options.debug = os.environ.get("BATCHCTL_DEBUG", "") not in ("", "0") or "--debug" in args
+    debug = os.environ.get("BATCHCTL_DEBUG", "") not in ("", "0") or "--debug" in args
+    state = CliState(debug=debug)
     try:
-        code = app(args=args, prog_name="batchctl", standalone_mode=False)
+        code = app(args=args, prog_name="batchctl", standalone_mode=False, obj=state)
     except BatchctlError as exc:
-        _report(exc.message, exc)
+        _report(state, exc.message, exc)
         code = exc.exit_code
     except KeyboardInterrupt:
-        _report("interrupted", None)
+        _report(state, "interrupted", None)
         code = 130
     except Exception as exc:  # click's usage errors and anything unexpected
-        code = _unexpected(exc)
+        code = _unexpected(state, exc)
+    finally:
+        state.close()  # also when the app never got as far as its callback
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _unexpected(exc: Exception) -> int:
+def _unexpected(state: CliState, exc: Exception) -> int:
     try:  # typer >= 0.2x vendors click as typer._click; older typer depends on click itself
         from typer._click import exceptions as click_exceptions
     except ImportError:  # pragma: no cover - depends on the installed typer
@@ -430,38 +395,38 @@ def _unexpected(exc: Exception) -> int:
 
     if isinstance(exc, click_exceptions.UsageError):
         command = exc.ctx.command_path if exc.ctx is not None else "batchctl"
-        _report(f"{exc.format_message()} (see '{command} --help')", None)
+        _report(state, f"{exc.format_message()} (see '{command} --help')", None)
         return EXIT_USAGE
     if isinstance(exc, click_exceptions.ClickException):
-        _report(exc.format_message(), None)
+        _report(state, exc.format_message(), None)
         return exc.exit_code
     if isinstance(exc, typer.Abort):
-        _report("aborted", None)
+        _report(state, "aborted", None)
         return 130
-    _report(f"unexpected {type(exc).__name__}: {exc}", exc)
+    _report(state, f"unexpected {type(exc).__name__}: {exc}", exc)
     return EXIT_FAILED
 
 
-def _report(message: str, exc: BaseException | None) -> None:
+def _report(state: CliState, message: str, exc: BaseException | None) -> None:
     from batchctl.config import mask_url
     from batchctl.render import printable
 
     text = message.strip().splitlines()[0] if message.strip() else "failed"
     text = printable(text)  # a job's exception text must not drive the terminal either
-    if _options.debug and exc is not None:
-        sys.stderr.write(_mask(printable("".join(traceback.format_exception(exc)), newlines=True)))
-    sys.stderr.write(_mask(mask_url(f"batchctl: error: {text}")) + "\n")
+    if state.debug and exc is not None:
+        trace = printable("".join(traceback.format_exception(exc)), newlines=True)
+        sys.stderr.write(_mask(state, trace))
+    sys.stderr.write(_mask(state, mask_url(f"batchctl: error: {text}")) + "\n")
     sys.stderr.flush()
 
 
-def _mask(text: str) -> str:
+def _mask(state: CliState, text: str) -> str:
     """Hide the repository password wherever it appears."""
     from batchctl.config import mask_url, url_password
 
     text = mask_url(text)
-    batch = _options.batch
-    urls = [batch.config.database_url] if batch is not None else []
-    urls += [u for u in (_options.database_url, os.environ.get("BATCHCTL_DATABASE_URL")) if u]
+    urls = [state.batch.config.database_url] if state.batch is not None else []
+    urls += [u for u in (state.database_url, os.environ.get("BATCHCTL_DATABASE_URL")) if u]
     for url in urls:
         password = url_password(url)
         if password:
@@ -469,4 +434,4 @@ def _mask(text: str) -> str:
     return text
 
 
-__all__ = ["app", "main"]
+__all__ = ["CliState", "app", "main"]

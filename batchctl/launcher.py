@@ -16,12 +16,11 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from batchctl.config import Config
 from batchctl.errors import EnvironmentProblem, UsageError
 from batchctl.host import process_alive  # noqa: F401 - re-exported: tests and callers use it here
-from batchctl.job import Job
 from batchctl.model import JobExecution
 
 HIDDEN_COMMAND = "run-execution"
@@ -143,7 +142,8 @@ class _StopOnSignals:
 
 @contextmanager
 def stop_on_signals() -> Iterator[_StopOnSignals]:
-    """Route SIGINT and SIGTERM to a graceful stop while the block runs."""
+    """Route SIGINT and SIGTERM to a graceful stop while the block runs: attach the running
+    execution's tracker to what this yields (`Batch.start(..., handle_signals=True)` does)."""
     hook = _StopOnSignals()
     previous = {sig: signal.signal(sig, hook.on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -151,14 +151,6 @@ def stop_on_signals() -> Iterator[_StopOnSignals]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def run_foreground(
-    batch: Any, job: Job, execution: JobExecution, *, observers: Iterable[Any] = ()
-) -> JobExecution:
-    """Run an already created execution in this process, stoppable by Ctrl-C and SIGTERM."""
-    with stop_on_signals() as hook:
-        return batch.run(job, execution, observers=observers, on_tracker=hook.attach)
 
 
 def run_worker(worker: Any) -> int:

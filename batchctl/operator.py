@@ -1,9 +1,9 @@
 """Start, stop, restart, abandon: the one place that decides what may happen to a job.
 
-`Batch` is the API for Python callers (a scheduler, an RPC handler, a message consumer) and the
-CLI is a thin layer over it. The rules are small pure functions (`start_rule`, `restart_rule`)
-that the repository runs inside the transaction that creates the execution, so the decision and
-the write are atomic.
+`Batch` is the facade for every caller (the CLI, Python code, a scheduler, an RPC handler, a
+message consumer); each is a thin layer over it. The rules are small pure functions
+(`start_rule`, `restart_rule`) that the repository runs inside the transaction that creates the
+execution, so the decision and the write are atomic.
 """
 
 from __future__ import annotations
@@ -124,15 +124,19 @@ def parse_target(target: str | int) -> int | str:
     return target
 
 
-def parse_statuses(names: Sequence[str]) -> list[Status]:
-    """Status names as given on the command line, in any case; UsageError for unknown ones."""
+def _statuses(given: Sequence[Status | str]) -> list[Status]:
+    """Statuses, or their names in any case (from a command line, a query string, a message);
+    UsageError for an unknown name. The facade checks them so that every trigger refuses alike."""
     statuses = []
-    for name in names:
+    for item in given:
+        if isinstance(item, Status):
+            statuses.append(item)
+            continue
         try:
-            statuses.append(Status(name.upper()))
+            statuses.append(Status(item.upper()))
         except ValueError:
             known = ", ".join(status.value for status in Status)
-            raise UsageError(f"unknown status {name!r} (one of {known})") from None
+            raise UsageError(f"unknown status {item!r} (one of {known})") from None
     return statuses
 
 
@@ -147,12 +151,17 @@ def this_process() -> dict[str, Any]:
 
 
 class Batch:
-    """Run and inspect jobs: the operations of the CLI, for Python callers.
+    """Run and inspect jobs: the one facade that the CLI, the Python API and every trigger call.
 
     ```
     batch = Batch.from_config()
     execution = batch.start("eod", {"date": "2024-01-31"})
     ```
+
+    Operations: `start`, `restart`, `stop`, `abandon`, `recover_lost`; reading: `history`,
+    `execution`, `step_executions`, `skipped_items`, `jobs`, `job`, `workers`; `run_worker`;
+    `upgrade_schema`; `close` (or use it as a context manager). Methods with a leading
+    underscore are the steps these are made of and may change.
     """
 
     def __init__(self, config: Config) -> None:
@@ -187,6 +196,27 @@ class Batch:
             self._registry = Registry.discover(self.config.jobs_dir)
         return self._registry
 
+    def upgrade_schema(self) -> str:
+        """Create or migrate the repository schema (`batchctl db upgrade`); return the revision
+        it is now at. DatabaseUnavailable when the database cannot be reached or written."""
+        from batchctl.repository import Repository
+        from batchctl.repository.connect import is_unreachable, unavailable
+        from batchctl.repository.migrate import HEAD_REVISION, upgrade
+
+        # Until the repository offers `upgrade_schema()` itself, run the migrations here on an
+        # unmigrated connection (opening one normally would already migrate).
+        repository = self._repository or Repository.open(self.config.database_url, migrate=False)
+        try:
+            upgrade(repository.engine)
+        except Exception as exc:
+            if repository is not self._repository:
+                repository.close()
+            if is_unreachable(exc):
+                raise unavailable(self.config.database_url, exc) from exc
+            raise
+        self._repository = repository
+        return HEAD_REVISION
+
     def close(self) -> None:
         if self._repository is not None:
             self._repository.close()
@@ -215,7 +245,8 @@ class Batch:
         *,
         detach: bool = False,
         observers: Iterable[Any] = (),
-        on_tracker: Any = None,
+        on_tracker: Callable[[Any], None] | None = None,
+        handle_signals: bool = False,
     ) -> JobExecution:
         """Run `job` with `params` and return the execution.
 
@@ -223,20 +254,68 @@ class Batch:
         new process, returning at once the STARTING execution (its `pid` is the new process's,
         its `log_path` the log file). A new instance runs afresh; a FAILED or STOPPED one
         resumes (`execution.resumed_from`); a live or COMPLETED one is refused.
-        """
-        execution, found = self.create_start(job, params, detach=detach)
-        if detach:
-            return self.launch(execution)
-        return self.run(found, execution, observers=observers, on_tracker=on_tracker)
 
-    def create_start(
+        `observers` first receive `execution_created(execution)` once the execution is
+        recorded (before it runs or is launched: where a caller says "resuming"), then, in a
+        foreground run, the engine's events. `on_tracker` receives the running execution's
+        tracker (its `request_stop()` asks for a graceful stop). `handle_signals=True` routes
+        Ctrl-C and SIGTERM to that graceful stop while a foreground run lasts; only the main
+        thread may install signal handlers, so it is off by default.
+        """
+        execution, found = self._create_start(job, params, detach=detach)
+        return self._proceed(
+            found, execution, detach=detach, observers=observers, on_tracker=on_tracker,
+            handle_signals=handle_signals,
+        )
+
+    def restart(
+        self,
+        target: str | int,
+        *,
+        detach: bool = False,
+        observers: Iterable[Any] = (),
+        on_tracker: Callable[[Any], None] | None = None,
+        handle_signals: bool = False,
+    ) -> JobExecution:
+        """Resume the STOPPED or FAILED instance named by `target`: an execution id, or a job
+        name for the job's most recently created execution (see `start` for the keywords)."""
+        execution, found = self._create_restart(target, detach=detach)
+        return self._proceed(
+            found, execution, detach=detach, observers=observers, on_tracker=on_tracker,
+            handle_signals=handle_signals,
+        )
+
+    def _proceed(
+        self,
+        job: Job,
+        execution: JobExecution,
+        *,
+        detach: bool,
+        observers: Iterable[Any],
+        on_tracker: Callable[[Any], None] | None,
+        handle_signals: bool,
+    ) -> JobExecution:
+        """Tell the observers about a just recorded execution, then launch or run it."""
+        observers = list(observers)
+        for observer in observers:
+            created = getattr(observer, "execution_created", None)
+            if created is not None:
+                created(execution)
+        if detach:
+            return self._launch(execution)
+        return self._run(
+            job, execution, observers=observers, on_tracker=on_tracker,
+            handle_signals=handle_signals,
+        )
+
+    def _create_start(
         self, job: str | Job, params: Mapping[str, Any] | None = None, *, detach: bool = False
     ) -> tuple[JobExecution, Job]:
         """Record a STARTING execution for `start` without running it."""
-        found = job if isinstance(job, Job) else self.job(job)
-        converted = found.convert_params(params or {})
         if detach:
             self._prepare_log_dir()
+        found = job if isinstance(job, Job) else self.job(job)
+        converted = found.convert_params(params or {})
         self._check_partition_modes(found)
         self.recover_lost(found.name)
         execution = self.repository.create_execution(
@@ -248,26 +327,14 @@ class Batch:
         )
         return execution, found
 
-    def restart(
-        self,
-        target: str | int,
-        *,
-        detach: bool = False,
-        observers: Iterable[Any] = (),
-        on_tracker: Any = None,
-    ) -> JobExecution:
-        """Resume the STOPPED or FAILED instance named by `target` (see `start` for detach)."""
-        execution, found = self.create_restart(target, detach=detach)
-        if detach:
-            return self.launch(execution)
-        return self.run(found, execution, observers=observers, on_tracker=on_tracker)
-
-    def create_restart(self, target: str | int, *, detach: bool = False) -> tuple[JobExecution, Job]:
+    def _create_restart(
+        self, target: str | int, *, detach: bool = False
+    ) -> tuple[JobExecution, Job]:
         """Record the STARTING execution of a restart without running it."""
-        previous = self.resolve(target)
-        found = self.job(previous.job_name)
         if detach:
             self._prepare_log_dir()
+        previous = self._resolve(target)
+        found = self.job(previous.job_name)
         self._check_partition_modes(found)
         self.recover_lost(previous.job_name)  # a lost execution restarts at once, as on start
         execution = self.repository.create_execution_of_instance(
@@ -277,27 +344,42 @@ class Batch:
         )
         return execution, found
 
-    def run(
+    def _run(
         self,
         job: Job,
         execution: JobExecution,
         *,
         observers: Iterable[Any] = (),
-        on_tracker: Any = None,
+        on_tracker: Callable[[Any], None] | None = None,
+        handle_signals: bool = False,
     ) -> JobExecution:
-        """Run an execution created by `create_start` or `create_restart` to its end."""
+        """Run an execution recorded by `_create_start` or `_create_restart` to its end; with
+        `handle_signals`, Ctrl-C and SIGTERM ask it to stop meanwhile."""
         from batchctl.engine import HeartbeatSettings, run_execution
 
-        heartbeat = HeartbeatSettings(interval=self.config.heartbeat_interval)
-        return run_execution(
-            job,
-            execution,
-            self.repository,
-            heartbeat=heartbeat,
-            observers=observers,
-            on_tracker=on_tracker,
-            config=self.config,
-        )
+        def run(on_tracker: Callable[[Any], None] | None) -> JobExecution:
+            return run_execution(
+                job,
+                execution,
+                self.repository,
+                heartbeat=HeartbeatSettings(interval=self.config.heartbeat_interval),
+                observers=observers,
+                on_tracker=on_tracker,
+                config=self.config,
+            )
+
+        if not handle_signals:
+            return run(on_tracker)
+        from batchctl.launcher import stop_on_signals
+
+        with stop_on_signals() as hook:
+
+            def attach(tracker: Any) -> None:
+                hook.attach(tracker)
+                if on_tracker is not None:
+                    on_tracker(tracker)
+
+            return run(attach)
 
     def _prepare_log_dir(self) -> None:
         """A detached run's log folder, checked before its execution is recorded."""
@@ -305,7 +387,7 @@ class Batch:
 
         prepare_log_dir(self.config)
 
-    def launch(self, execution: JobExecution) -> JobExecution:
+    def _launch(self, execution: JobExecution) -> JobExecution:
         """Hand a STARTING execution to a new process; return it with that process's pid."""
         from batchctl import launcher
 
@@ -314,7 +396,7 @@ class Batch:
         try:
             pid = launcher.spawn(self.config, execution, log_path)
         except OSError as exc:
-            self.fail_unstarted(execution, f"could not start a process: {exc}")
+            self._fail_unstarted(execution, f"could not start a process: {exc}")
             raise
 
         def record_child(current: JobExecution) -> dict[str, Any] | None:
@@ -327,24 +409,24 @@ class Batch:
         recorded = self._settle(execution, record_child)
         return recorded if recorded.pid == pid else replace(recorded, pid=pid)
 
-    def run_launched(self, execution_id: int, *, observers: Iterable[Any] = ()) -> JobExecution:
-        """In the new process of a detached launch: take the execution over and run it.
+    def _run_launched(self, execution_id: int, *, observers: Iterable[Any] = ()) -> JobExecution:
+        """In the new process of a detached launch (the hidden `run-execution` command, its
+        only caller): take the execution over and run it, stoppable by SIGTERM.
 
         Anything that prevents the job from even starting ends the execution FAILED with the
         reason, never leaving it STARTING.
         """
-        from batchctl.launcher import run_foreground
-
         execution = self.execution(execution_id)
         try:
             job = self.job(execution.job_name)
         except BatchctlError as exc:
-            return self.fail_unstarted(execution, f"could not load job: {exc.message}")
+            return self._fail_unstarted(execution, f"could not load job: {exc.message}")
         except Exception as exc:
-            return self.fail_unstarted(execution, f"could not load job: {type(exc).__name__}: {exc}")
-        return run_foreground(self, job, execution, observers=observers)
+            reason = f"{type(exc).__name__}: {exc}"
+            return self._fail_unstarted(execution, f"could not load job: {reason}")
+        return self._run(job, execution, observers=observers, handle_signals=True)
 
-    def fail_unstarted(self, execution: JobExecution, message: str) -> JobExecution:
+    def _fail_unstarted(self, execution: JobExecution, message: str) -> JobExecution:
         """End an execution that never started: FAILED (STOPPED if a stop came meanwhile)."""
 
         def decide(current: JobExecution) -> Status | None:
@@ -364,16 +446,16 @@ class Batch:
         The engine stops at its next checkpoint or chunk boundary and ends STOPPED. Refused
         (NotLive) when the execution is not live, naming the job's other live executions.
         """
-        execution = self.resolve(target)
+        execution = self._resolve(target)
         self.recover_lost(execution.job_name)
         stopping = self.repository.request_stop(execution.id)
         if stopping is None:
             raise NotLive(self._not_live_message(self.execution(execution.id)))
         if not wait:
             return stopping
-        return self.wait_until_ended(stopping.id, timeout=timeout)
+        return self._wait_until_ended(stopping.id, timeout=timeout)
 
-    def wait_until_ended(self, execution_id: int, *, timeout: float | None = None) -> JobExecution:
+    def _wait_until_ended(self, execution_id: int, *, timeout: float | None = None) -> JobExecution:
         """Poll the execution until it is no longer live (StopTimeout after `timeout` seconds)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -537,7 +619,7 @@ class Batch:
 
     # -- reading --------------------------------------------------------------------------------
 
-    def resolve(self, target: str | int) -> JobExecution:
+    def _resolve(self, target: str | int) -> JobExecution:
         """The execution named by an id, or the job's most recently created execution."""
         parsed = parse_target(target)
         if isinstance(parsed, int):
@@ -569,6 +651,6 @@ class Batch:
         limit: int | None = 20,
     ) -> list[JobExecution]:
         """Executions, newest first; `limit=None` for all. Lost processes are marked first."""
-        wanted = parse_statuses([s.value if isinstance(s, Status) else s for s in statuses])
+        wanted = _statuses(statuses)
         self.recover_lost(job)
         return self.repository.history(job, wanted, None if limit is None else min(limit, MAX_ID))

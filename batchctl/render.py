@@ -12,7 +12,8 @@ import math
 import re
 import sys
 from datetime import date, datetime
-from typing import Any, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -165,6 +166,16 @@ def job_dict(job: Job) -> dict[str, Any]:
         ],
         "defined_in": job.defined_in,
     }
+
+
+def output(data: Any, table: Callable[[], None], *, as_json: bool) -> None:
+    """The one place that decides between JSON and a table: `--json` prints `data` (called
+    first when it is a function, so that JSON-only work is done only for JSON), else `table()`
+    prints for people."""
+    if as_json:
+        print_json(data() if callable(data) else data)
+    else:
+        table()
 
 
 def print_json(value: Any) -> None:
@@ -363,6 +374,10 @@ def print_stop(execution: JobExecution, *, waited: bool) -> None:
     stdout.print(line)
 
 
+def print_abandoned(execution: JobExecution) -> None:
+    stdout.print(printable(f"execution {execution.id} of {execution.job_name} abandoned"))
+
+
 def worker_dict(info: Any) -> dict[str, Any]:
     return {
         "id": info.id,
@@ -458,9 +473,25 @@ def setup_logging(*, rich_output: bool, level: int = logging.INFO) -> None:
 
 class LiveDisplay:
     """An engine observer that shows each step's status on a terminal while the job runs; a
-    chunk step gets a progress bar: items, rate, elapsed, and the total when the reader knows."""
+    chunk step gets a progress bar: items, rate, elapsed, and the total when the reader knows.
 
-    def __init__(self, job: Job) -> None:
+    It appears once the execution is recorded (`execution_created`), listing the steps of its
+    job as `find_job` gives it."""
+
+    def __init__(self, find_job: Callable[[str], Job]) -> None:
+        self.find_job = find_job
+        self.progress: Any = None
+        self.tasks: dict[str, Any] = {}
+        self._chunk_started: dict[str, tuple[float, int]] = {}  # when, and from which item
+
+    def __enter__(self) -> LiveDisplay:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def execution_created(self, execution: JobExecution) -> None:
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
@@ -475,16 +506,9 @@ class LiveDisplay:
         )
         self.tasks = {
             step.name: self.progress.add_task(step.name, start=False, total=1, status="pending", detail="")
-            for step in job.steps
+            for step in self.find_job(execution.job_name).steps
         }
-        self._chunk_started: dict[str, tuple[float, int]] = {}  # when, and from which item
-
-    def __enter__(self) -> LiveDisplay:
         self.progress.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.progress.stop()
 
     def step_started(self, step: StepExecution) -> None:
         task = self.tasks.get(step.name)
@@ -533,7 +557,28 @@ class LiveDisplay:
             self.progress.stop_task(task)
 
 
-def displays(job: Job, *, terminal: bool) -> Iterable[Any]:
-    """The observers for a foreground run: the live display on a terminal, else none (the
-    engine's log lines say the same)."""
-    return [LiveDisplay(job)] if terminal else []
+class ResumeNotice:
+    """An observer that says on stderr, before the run, which execution a start or restart
+    resumes."""
+
+    def execution_created(self, execution: JobExecution) -> None:
+        if execution.resumed_from:
+            warn(
+                f"resuming job {execution.job_name} from execution {execution.resumed_from} "
+                f"(new execution {execution.id})"
+            )
+
+
+@contextmanager
+def run_observers(
+    find_job: Callable[[str], Job], *, notices: bool, live: bool
+) -> Iterator[list[Any]]:
+    """The observers of a start or restart from the command line: the resume notice (unless the
+    output is JSON), and on a terminal the live display (off one, the engine's log lines say the
+    same), which ends with the block."""
+    observers: list[Any] = [ResumeNotice()] if notices else []
+    if not live:
+        yield observers
+        return
+    with LiveDisplay(find_job) as display:
+        yield [*observers, display]

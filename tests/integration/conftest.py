@@ -35,16 +35,6 @@ def _restore_batchctl_logging() -> Iterator[None]:
 
 
 @pytest.fixture
-def fresh_cli(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The CLI's per-process options, new for this test and closed after it."""
-    options = cli._Options()
-    monkeypatch.setattr(cli, "_options", options)
-    yield
-    if options.batch is not None:
-        options.batch.close()
-
-
-@pytest.fixture
 def cli_env(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str, jobs_dir: Path
 ) -> None:
@@ -58,10 +48,9 @@ def cli_env(
 
 
 @pytest.fixture
-def run_cli(
-    fresh_cli: None, cli_env: None, capsys: pytest.CaptureFixture[str]
-) -> Callable[..., Outcome]:
-    """run_cli("start", "hello", ...): `batchctl.cli.main` with its exit code and output."""
+def run_cli(cli_env: None, capsys: pytest.CaptureFixture[str]) -> Callable[..., Outcome]:
+    """run_cli("start", "hello", ...): `batchctl.cli.main` with its exit code and output. Each
+    command opens and closes its own Batch, as a new process would."""
 
     def run(*args: str) -> Outcome:
         capsys.readouterr()
@@ -72,9 +61,6 @@ def run_cli(
         else:  # pragma: no cover - main always exits
             raise AssertionError("main() returned without exiting")
         captured = capsys.readouterr()
-        if cli._options.batch is not None:  # the next command opens its own, as a new process would
-            cli._options.batch.close()
-            cli._options.batch = None
         return Outcome(code if isinstance(code, int) else 1, captured.out, captured.err)
 
     return run

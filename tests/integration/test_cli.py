@@ -57,18 +57,15 @@ Invoke = Callable[..., Result]
 
 @pytest.fixture
 def invoke(
-    fresh_cli: None, cli_env: None, write_job: Callable[[str, str], Path]
+    cli_env: None, write_job: Callable[[str, str], Path]
 ) -> Iterator[Invoke]:
-    """invoke("start", "hello", ...): the app through CliRunner, a new Batch per command."""
+    """invoke("start", "hello", ...): the app through CliRunner, a new Batch per command (the
+    invocation's context opens it and closes it)."""
     write_job("hello", JOBS)
     runner = CliRunner()
 
     def run(*args: str) -> Result:
-        result = runner.invoke(cli.app, list(args))
-        if cli._options.batch is not None:
-            cli._options.batch.close()
-            cli._options.batch = None
-        return result
+        return runner.invoke(cli.app, list(args))
 
     yield run
 
@@ -101,6 +98,26 @@ def test_start_of_a_failed_instance_says_it_resumes(invoke: Invoke) -> None:
     invoke("start", "broken")
     result = invoke("start", "broken")
     assert "resuming job broken from execution 1 (new execution 2)" in result.stderr
+
+
+def test_a_detached_restart_says_it_resumes_and_json_says_nothing_but_json(invoke: Invoke) -> None:
+    invoke("start", "broken")
+    launched = invoke("restart", "broken", "--detach")
+    assert launched.exit_code == 0, launched.output
+    assert "resuming job broken from execution 1 (new execution 2)" in launched.stderr
+    assert "execution 2 of broken launched" in launched.stdout
+    ended = invoke("stop", "2", "--wait", "--timeout", "60")  # let the launched process end
+    assert ended.exit_code in (0, 4), ended.output  # 4: it ended before the stop arrived
+    again = invoke("start", "broken", "--json")
+    assert again.exit_code == 1 and json.loads(again.stdout)["resumed_from"] == 2
+    assert "resuming" not in again.stderr
+
+
+def test_each_invocation_has_its_own_state(invoke: Invoke, tmp_path: Path) -> None:
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert invoke("--db", other, "start", "hello", "--params", '{"n": 1}').exit_code == 0
+    assert parse(invoke("history", "--json")) == []  # back on the environment's repository
+    assert len(parse(invoke("--db", other, "history", "--json"))) == 1
 
 
 def test_start_json_prints_the_finished_execution_with_its_steps(invoke: Invoke) -> None:
@@ -241,7 +258,7 @@ def test_every_command_has_help(invoke: Invoke) -> None:
 
 
 def test_a_password_in_a_reachable_database_url_is_never_printed(
-    fresh_cli: None, postgres_url: str, jobs_dir: Path, write_job: Callable[[str, str], Path],
+    postgres_url: str, jobs_dir: Path, write_job: Callable[[str, str], Path],
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
     """Postgres only: the test server trusts local connections, so any password is accepted."""
@@ -258,7 +275,5 @@ def test_a_password_in_a_reachable_database_url_is_never_printed(
         result = runner.invoke(cli.app, args)
         assert result.exit_code == 0, result.output
         outputs.append(result.stdout + result.stderr)
-        cli._options.batch.close()
-        cli._options.batch = None
     assert not any("secretpw" in output for output in outputs)
     assert "postgresql://postgres:***@" in outputs[0]

@@ -104,7 +104,7 @@ def test_starting_a_completed_instance_exits_4_with_the_hint(run_cli, rows) -> N
 
 
 def test_starting_an_instance_that_is_running_exits_4(run_cli, rows, batch) -> None:
-    live, _ = batch.create_start("hello", {"n": 1})
+    live, _ = batch._create_start("hello", {"n": 1})
     before = rows()
 
     outcome = run_cli("start", "hello", "--params", '{"n": 1}')

@@ -123,10 +123,10 @@ def test_a_launch_judged_lost_before_it_took_over_leaves_the_execution_as_it_is(
     job = Job("slow_start")
     ran: list[str] = []
     job.tasklet(lambda ctx: ran.append("ran"), name="only")
-    execution, found = batch.create_start(job, detach=True)
+    execution, found = batch._create_start(job, detach=True)
     lost = mark_lost(other, execution.id)
 
-    returned = batch.run(found, execution)
+    returned = batch._run(found, execution)
 
     assert ran == []
     assert returned.status == Status.FAILED and returned.exit_message == LOST
@@ -138,10 +138,10 @@ def test_a_launch_judged_lost_before_it_took_over_leaves_the_execution_as_it_is(
 def test_a_stop_requested_before_the_take_over_still_ends_stopped(batch: Batch) -> None:
     job = Job("stopped_early")
     job.tasklet(lambda ctx: None, name="only")
-    execution, found = batch.create_start(job, detach=True)
+    execution, found = batch._create_start(job, detach=True)
     batch.stop(execution.id)
 
-    returned = batch.run(found, execution)
+    returned = batch._run(found, execution)
 
     assert returned.status == Status.STOPPED
     assert returned.exit_message == "stopped before its first step"
@@ -229,7 +229,7 @@ def test_a_restart_and_an_abandon_of_one_execution_at_once_never_both_succeed(
                 outcomes[name] = exc
 
     threads = [
-        threading.Thread(target=attempt, args=("restart", lambda b: b.create_restart(failed.id))),
+        threading.Thread(target=attempt, args=("restart", lambda b: b._create_restart(failed.id))),
         threading.Thread(target=attempt, args=("abandon", lambda b: b.abandon(failed.id))),
     ]
     for thread in threads:

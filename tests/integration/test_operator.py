@@ -86,7 +86,7 @@ def test_bad_params_are_refused_before_anything_is_written(batch: Batch) -> None
 
 def test_starting_an_instance_with_a_live_execution_is_refused(batch: Batch) -> None:
     job = Flaky(fail_at=None).job
-    live, _ = batch.create_start(job, PARAMS)  # recorded STARTING, not run
+    live, _ = batch._create_start(job, PARAMS)  # recorded STARTING, not run
 
     with pytest.raises(AlreadyRunning, match=f"execution {live.id}"):
         batch.start(job, PARAMS)
@@ -158,7 +158,7 @@ def test_a_resume_carries_the_job_context_over(batch: Batch) -> None:
 
 def test_starting_a_stopped_instance_resumes_it(batch: Batch) -> None:
     flaky = Flaky(fail_at=None)
-    created, _ = batch.create_start(flaky.job, PARAMS)
+    created, _ = batch._create_start(flaky.job, PARAMS)
     stopped = batch.repository.update_execution(created, status=Status.STOPPED)
 
     resumed = batch.start(flaky.job, PARAMS)

@@ -79,7 +79,7 @@ def make_live(
 ) -> JobExecution:
     """A live execution as a process left it: `status`, its pid, host and pid scope (this
     process's unless given), its last heartbeat."""
-    execution, _ = batch.create_start("nightly", {"day": day}, detach=True)
+    execution, _ = batch._create_start("nightly", {"day": day}, detach=True)
     changes: dict[str, Any] = {
         "status": status,
         "pid": pid,
@@ -191,7 +191,7 @@ def test_every_operation_marks_lost_executions_before_deciding(
     # stop --wait on an execution whose process dies while it is waited for.
     four = make_live(lost_batch, "d4", pid=dead_pid, heartbeat_age=0)
     lost_batch.repository.request_stop(four.id)
-    ended = lost_batch.wait_until_ended(four.id, timeout=30)
+    ended = lost_batch._wait_until_ended(four.id, timeout=30)
     assert ended.status == Status.STOPPED
     assert "process lost" in ended.exit_message
 
@@ -227,4 +227,4 @@ def test_a_running_execution_keeps_its_heartbeat_fresh(
                  timeout=60)
         assert watcher.execution(launched.id).status == Status.STARTED
         release.touch()
-        assert batch.wait_until_ended(launched.id, timeout=60).status == Status.COMPLETED
+        assert batch._wait_until_ended(launched.id, timeout=60).status == Status.COMPLETED

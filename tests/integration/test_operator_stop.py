@@ -80,13 +80,13 @@ def test_a_stop_while_starting_ends_the_execution_stopped_before_its_first_step(
 ) -> None:
     write_job("steps", STEPS_JOB)
     out = tmp_path / "ran.txt"
-    execution, job = batch.create_start("steps", {"out": str(out)})
+    execution, job = batch._create_start("steps", {"out": str(out)})
     assert execution.status == Status.STARTING
 
     stopping = other.stop(execution.id)
     assert stopping.status == Status.STOPPING
 
-    finished = batch.run(job, execution)
+    finished = batch._run(job, execution)
     assert finished.status == Status.STOPPED
     assert finished.exit_message == "stopped before its first step"
     assert batch.step_executions(execution.id) == []
