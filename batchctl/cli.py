@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 
+from batchctl.defaults import HIDDEN_COMMAND
 from batchctl.errors import EXIT_FAILED, EXIT_USAGE, BatchctlError
 
 if TYPE_CHECKING:
     from batchctl.model import JobExecution
     from batchctl.operator import Batch
 
-HIDDEN_COMMAND = "run-execution"  # the same name as batchctl.launcher.HIDDEN_COMMAND
 MAX_LIMIT = 2**63 - 1  # the largest --limit a database takes (batchctl.model.MAX_ID)
 
 app = typer.Typer(

@@ -19,14 +19,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from batchctl.config import Config
+from batchctl.defaults import HIDDEN_COMMAND, LOG_FILE_MODE, LOG_FINAL_WAIT, LOG_FOLLOW_POLL
 from batchctl.errors import EnvironmentProblem, UsageError
 from batchctl.host import process_alive  # noqa: F401 - re-exported: tests and callers use it here
 from batchctl.model import JobExecution
 
-HIDDEN_COMMAND = "run-execution"
-LOG_FOLLOW_POLL = 0.2  # seconds between two looks at a followed log
-LOG_FINAL_WAIT = 2.0  # seconds `logs --follow` waits for an ended execution's process to exit
-LOG_FILE_MODE = 0o600  # a detached execution's log: readable by its owner only (params, data)
 
 
 def log_path_for(config: Config, execution: JobExecution) -> Path:

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from batchctl.config import Config
+from batchctl.defaults import STOP_WAIT_POLL
 from batchctl.errors import (
     AlreadyComplete,
     AlreadyRunning,
@@ -40,7 +41,6 @@ from batchctl.model import (
     utcnow,
 )
 
-STOP_WAIT_POLL = 0.1  # seconds between two looks at an execution `stop --wait` waits for
 
 # -- the rules ------------------------------------------------------------------------------------
 

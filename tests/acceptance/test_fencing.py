@@ -90,7 +90,7 @@ rows = Job("rows", params={"tag": str, "n": int, "hold": int})
 
 @rows.tasklet
 def create(ctx):
-    with ctx.engine.begin() as connection:
+    with ctx.database.begin() as connection:
         connection.exec_driver_sql(
             "CREATE TABLE IF NOT EXISTS fenced_rows "
             "(tag VARCHAR(40) NOT NULL, item INTEGER NOT NULL, pid INTEGER NOT NULL)"
