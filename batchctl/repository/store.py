@@ -27,7 +27,9 @@ from batchctl.errors import (
     UnknownExecution,
 )
 from batchctl.model import (
+    ABANDONABLE_STATUSES,
     LIVE_STATUSES,
+    STOPPABLE_STATUSES,
     STEP_COUNTERS,
     JobExecution,
     SkippedItem,
@@ -269,7 +271,7 @@ class Repository(PartitionQueries):
                 update(job_execution)
                 .where(
                     job_execution.c.id == execution_id,
-                    job_execution.c.status.in_([Status.STARTING.value, Status.STARTED.value]),
+                    job_execution.c.status.in_([s.value for s in STOPPABLE_STATUSES]),
                 )
                 .values(status=Status.STOPPING.value, version=job_execution.c.version + 1)
             )
@@ -290,7 +292,7 @@ class Repository(PartitionQueries):
         execution at once, one wins and the other is refused. Returns the abandoned execution,
         or None when its status or a later execution did not allow it.
         """
-        allowed = [Status.STOPPED.value, Status.FAILED.value, Status.UNKNOWN.value]
+        allowed = [s.value for s in ABANDONABLE_STATUSES]
         later = job_execution.alias("later")
         no_later = ~exists(
             select(literal(1)).where(
