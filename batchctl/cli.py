@@ -391,7 +391,7 @@ def _unexpected(state: CliState, exc: Exception) -> int:
     try:  # typer >= 0.2x vendors click as typer._click; older typer depends on click itself
         from typer._click import exceptions as click_exceptions
     except ImportError:  # pragma: no cover - depends on the installed typer
-        from click import exceptions as click_exceptions  # type: ignore[no-redef]
+        from click import exceptions as click_exceptions  # type: ignore[no-redef,import-not-found,unused-ignore]
 
     if isinstance(exc, click_exceptions.UsageError):
         command = exc.ctx.command_path if exc.ctx is not None else "batchctl"

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from batchctl.defaults import DEFAULT_HEARTBEAT_INTERVAL, EXIT_MESSAGE_LIMIT, STOP_POLL_INTERVAL
-from batchctl.errors import FENCED, ExecutionTakenOver, StaleExecution
+from batchctl.errors import FENCED, ExecutionTakenOver
 from batchctl.host import host_name, os_exit_raises, pid_scope
 from batchctl.job import Job, Step, StepContext
 from batchctl.model import JobExecution, Status, StepExecution, utcnow
 from batchctl.partition import PartitionedStepRunner
-from batchctl.repository import Fence, Repository
+from batchctl.repository import Fence, Repository, settle
 from batchctl.repository.store import taken_over_message
 from batchctl.runners import runner_for
 from batchctl.steps import Observers, StepRunner, call_listeners, describe_exception
@@ -106,18 +106,24 @@ class ExecutionTracker:
 
     def transition(self, decide: Callable[[JobExecution], dict[str, Any] | None]) -> JobExecution:
         """Apply `decide(current)`'s changes; on a lost update re-read and decide again."""
+
+        def guarded(current: JobExecution) -> dict[str, Any] | None:
+            if self.taken_over is not None:
+                raise ExecutionTakenOver(self.taken_over)
+            return decide(current)
+
+        def reread(current: JobExecution) -> JobExecution:
+            self._refresh(self.repository.execution(current.id))
+            return self.execution
+
         with self._lock:
-            while True:
-                if self.taken_over is not None:
-                    raise ExecutionTakenOver(self.taken_over)
-                changes = decide(self.execution)
-                if changes is None:
-                    return self.execution
-                try:
-                    self.execution = self.repository.update_execution(self.execution, **changes)
-                    return self.execution
-                except StaleExecution:
-                    self._refresh(self.repository.execution(self.execution.id))
+            self.execution = settle(
+                self.execution,
+                guarded,
+                lambda current, changes: self.repository.update_execution(current, **changes),
+                reread,
+            )
+            return self.execution
 
     def request_stop(self) -> None:
         """A stop asked from inside this process (Ctrl-C, SIGTERM): safe in a signal handler.

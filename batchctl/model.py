@@ -56,11 +56,15 @@ class Status(str, enum.Enum):
 
     @property
     def is_unsuccessful(self) -> bool:
-        return self in (Status.FAILED, Status.STOPPED, Status.ABANDONED, Status.UNKNOWN)
+        return self in UNSUCCESSFUL_STATUSES
 
     @property
     def is_restartable(self) -> bool:
-        return self in (Status.STOPPED, Status.FAILED)
+        return self in RESTARTABLE_STATUSES
+
+    @property
+    def is_abandonable(self) -> bool:
+        return self in ABANDONABLE_STATUSES
 
 
 _SEVERITY = {status: rank for rank, status in enumerate(Status)}
@@ -70,7 +74,21 @@ def _status(value: object) -> Status:
     if isinstance(value, Status):
         return value
     raise TypeError(f"cannot compare a Status with {type(value).__name__}")
+
+
+# The status sets, here and nowhere else: the repository's queries and the partial unique index
+# on live executions are generated from them. Tuples in the enum's order, so that the SQL made
+# from them is always the same text (the live index's WHERE must match its queries' literally).
 LIVE_STATUSES = (Status.STARTING, Status.STARTED, Status.STOPPING)
+"""Some process is (or should be) running it; at most one execution per instance is live."""
+STOPPABLE_STATUSES = (Status.STARTING, Status.STARTED)
+"""A stop request moves these to STOPPING."""
+RESTARTABLE_STATUSES = (Status.STOPPED, Status.FAILED)
+"""A restart (or a start of the same instance) resumes from these."""
+ABANDONABLE_STATUSES = (Status.STOPPED, Status.FAILED, Status.UNKNOWN)
+"""`abandon` moves these to ABANDONED: the dead ends that a person decides never to restart."""
+UNSUCCESSFUL_STATUSES = (Status.STOPPED, Status.FAILED, Status.ABANDONED, Status.UNKNOWN)
+"""Ended without completing."""
 
 EXIT_CODE_FOR_STATUS = {
     Status.COMPLETED: 0,

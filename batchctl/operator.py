@@ -24,7 +24,6 @@ from batchctl.errors import (
     NotLive,
     NotRestartable,
     Refused,
-    StaleExecution,
     StopTimeout,
     UsageError,
 )
@@ -429,12 +428,12 @@ class Batch:
     def _fail_unstarted(self, execution: JobExecution, message: str) -> JobExecution:
         """End an execution that never started: FAILED (STOPPED if a stop came meanwhile)."""
 
-        def decide(current: JobExecution) -> Status | None:
+        def decide(current: JobExecution) -> tuple[Status, str] | None:
             if current.status not in (Status.STARTING, Status.STOPPING) or current.owner:
                 return None
-            return lost_status(current)
+            return lost_status(current), message
 
-        return self._end(execution, decide, message)
+        return self._end(execution, decide)
 
     # -- stopping, abandoning, lost processes --------------------------------------------------------
 
@@ -508,8 +507,7 @@ class Batch:
         fact still running (paused, or misjudged), its next write is refused."""
         from batchctl.host import process_alive, same_pid_scope
 
-        current = execution
-        while True:
+        def decide(current: JobExecution) -> tuple[Status, str] | None:
             reason = lost_reason(
                 current,
                 now=utcnow(),
@@ -517,44 +515,38 @@ class Batch:
                 pid_visible=lambda e: same_pid_scope(e.host, e.pid_scope),
                 process_alive=process_alive,
             )
-            if reason is None:
-                return current
-            try:
-                return self.repository.end_execution(current, lost_status(current), reason)
-            except StaleExecution:
-                current = self.repository.execution(current.id)
+            return None if reason is None else (lost_status(current), reason)
+
+        return self._end(execution, decide)
 
     def _end(
         self,
         execution: JobExecution,
-        decide: Callable[[JobExecution], Status | None],
-        message: str,
+        decide: Callable[[JobExecution], tuple[Status, str] | None],
     ) -> JobExecution:
-        """End the execution with the status `decide(current)` gives (None: leave it), with its
-        live steps, re-reading after a lost update."""
-        current = execution
-        while True:
-            status = decide(current)
-            if status is None:
-                return current
-            try:
-                return self.repository.end_execution(current, status, message)
-            except StaleExecution:
-                current = self.repository.execution(current.id)
+        """End the execution with the status and message `decide(current)` gives (None: leave
+        it), with its live steps, re-reading after a lost update."""
+        from batchctl.repository import settle
+
+        return settle(
+            execution,
+            decide,
+            lambda current, ending: self.repository.end_execution(current, *ending),
+            lambda current: self.repository.execution(current.id),
+        )
 
     def _settle(
         self, execution: JobExecution, decide: Callable[[JobExecution], dict[str, Any] | None]
     ) -> JobExecution:
         """Apply `decide`'s changes conditionally on the version, re-reading after a lost update."""
-        current = execution
-        while True:
-            changes = decide(current)
-            if changes is None:
-                return current
-            try:
-                return self.repository.update_execution(current, **changes)
-            except StaleExecution:
-                current = self.execution(current.id)
+        from batchctl.repository import settle
+
+        return settle(
+            execution,
+            decide,
+            lambda current, changes: self.repository.update_execution(current, **changes),
+            lambda current: self.repository.execution(current.id),
+        )
 
     def _not_live_message(self, execution: JobExecution) -> str:
         message = f"execution {execution.id} of job {execution.job_name} is not live ({execution.status.value})"
@@ -579,11 +571,12 @@ class Batch:
         jobs it knows, which needs a Postgres repository. Returns the partitions it ran.
         """
         from batchctl.launcher import run_worker
+        from batchctl.job import PartitionMode
         from batchctl.worker import ClaimFilter, Worker
 
         if execution_id is None:
             self._require_remote_partitions()
-            claims = ClaimFilter(mode="remote", job_names=sorted(self.registry.jobs))
+            claims = ClaimFilter(mode=PartitionMode.REMOTE, job_names=sorted(self.registry.jobs))
             kind = "remote"
         else:
             claims = ClaimFilter(execution_id=execution_id, step_name=step_name)

@@ -452,8 +452,8 @@ def setup_logging(*, rich_output: bool, level: int = logging.INFO) -> None:
     """Log lines to stderr: through rich on a terminal, plain otherwise."""
     root = logging.getLogger("batchctl")
     root.setLevel(level)
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     handler: logging.Handler
     if rich_output:
         from rich.logging import RichHandler

@@ -1,5 +1,13 @@
-"""The job repository: the only package that speaks SQL."""
+"""The job repository: the only package that speaks SQL.
 
-from batchctl.repository.store import Decide, Fence, Repository
+Its modules stack one way (each imports only those before it): `tables` (the schema) <-
+`connect` (engines, driver errors translated) <- `migrate` (Alembic) <- `rows` (rows to domain
+objects) <- `base` (RepositoryBase: transactions, versioned updates, fencing) <- `partitions`
+(PartitionQueries) <- `store` (Repository).
+"""
 
-__all__ = ["Decide", "Fence", "Repository"]
+from batchctl.repository.base import Fence, settle
+from batchctl.repository.connect import translate_errors
+from batchctl.repository.store import Decide, Repository
+
+__all__ = ["Decide", "Fence", "Repository", "settle", "translate_errors"]

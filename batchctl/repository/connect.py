@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, InternalError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InternalError,
+    OperationalError,
+)
 
 from batchctl.config import mask_url
-from batchctl.errors import ConfigError, DatabaseUnavailable
+from batchctl.errors import AlreadyRunning, ConfigError, DatabaseUnavailable
+from batchctl.repository.tables import LIVE_INDEX, job_execution
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # how long a SQLite writer waits for the lock before failing
 RETRY_ATTEMPTS = 20  # serialization failures retried before the error reaches the caller
@@ -140,7 +148,48 @@ def is_read_only(exc: BaseException) -> bool:
     return "readonly database" in message or "read-only file system" in message
 
 
+# SQLite names no index in a unique violation, only its columns; no other unique index of the
+# schema is on exactly these columns.
+_SQLITE_LIVE_VIOLATION = "UNIQUE constraint failed: " + ", ".join(
+    f"{job_execution.name}.{column.name}"
+    for index in job_execution.indexes
+    if index.name == LIVE_INDEX
+    for column in index.columns
+)
+
+
+def is_live_index_violation(exc: BaseException) -> bool:
+    """True when a write was refused by the partial unique index on live executions: a second
+    live execution of one instance. Told by the constraint's name on Postgres, by the columns
+    that SQLite's message names (SQLite gives no name) on SQLite."""
+    if not isinstance(exc, IntegrityError):
+        return False
+    diag = getattr(exc.orig, "diag", None)
+    if diag is not None:  # psycopg
+        return getattr(diag, "constraint_name", None) == LIVE_INDEX
+    return str(exc.orig).strip() == _SQLITE_LIVE_VIOLATION
+
+
+@contextmanager
+def translate_errors(url: str) -> Iterator[None]:
+    """Driver errors become domain errors here and nowhere else, chained to the driver's:
+    a database that cannot be reached or written -> DatabaseUnavailable (exit 5); a second
+    live execution of an instance -> AlreadyRunning (exit 4). Anything else passes unchanged.
+    `url` names the repository in the message (its password masked)."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if is_unreachable(exc):
+            raise unavailable(url, exc) from exc
+        if is_live_index_violation(exc):
+            raise AlreadyRunning(
+                "this job instance is already running (started by another process)"
+            ) from exc
+        raise
+
+
 def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
+    """The DatabaseUnavailable for a driver error that `is_unreachable`, naming `url` masked."""
     reason = str(getattr(exc, "orig", exc)).strip().splitlines()
     detail = reason[0] if reason else type(exc).__name__
     if is_read_only(exc):

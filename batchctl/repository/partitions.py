@@ -8,6 +8,7 @@ heartbeating is claimed again and resumes from its checkpoint.
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,8 +16,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 from sqlalchemy import Connection, and_, func, or_, select, text, update
 
-from batchctl.errors import StaleExecution
+from batchctl.errors import UnknownExecution
 from batchctl.model import Status, StepExecution, utcnow
+from batchctl.repository.base import RepositoryBase, inserted_id, settle
+from batchctl.repository.rows import column_values, ending, from_row, step_execution_from_row
 from batchctl.repository.tables import job_execution, step_execution, worker
 
 NOTIFY_CHANNEL = "batchctl_partitions"
@@ -47,15 +50,8 @@ class WorkerInfo:
     job_name: str | None
 
 
-class PartitionQueries:
-    """The partition and worker queries of `Repository` (mixed into it)."""
-
-    _write: Callable[..., Any]
-    _read: Callable[..., Any]
-    dialect: str
-    update_step_execution: Callable[..., StepExecution]
-    step_execution: Callable[[int], StepExecution]
-    _hold_fence: Callable[[Connection], None]
+class PartitionQueries(RepositoryBase):
+    """The partition and worker queries; `Repository` (store.py) derives from this class."""
 
     # -- the owner's side -----------------------------------------------------------------------
 
@@ -92,8 +88,6 @@ class PartitionQueries:
 
     def partitions_of(self, job_execution_id: int, step_name: str) -> list[StepExecution]:
         """Read: the partitions of one step in one job execution, in partition order."""
-        from batchctl.repository.store import _step_execution
-
         query = (
             select(step_execution)
             .where(
@@ -103,7 +97,7 @@ class PartitionQueries:
             .order_by(step_execution.c.partition_index)
         )
         rows = self._read(lambda connection: connection.execute(query).all())
-        return [_step_execution(row) for row in rows]
+        return [step_execution_from_row(row) for row in rows]
 
     def end_unclaimed_partitions(
         self, job_execution_id: int, step_name: str, status: Status, message: str
@@ -146,10 +140,7 @@ class PartitionQueries:
                         which,
                     )
                     .values(
-                        status=status.value,
-                        exit_code=status.value,
-                        exit_message=message,
-                        ended_at=utcnow(),
+                        **column_values(ending(status, message)),
                         version=step_execution.c.version + 1,
                     )
                 ).rowcount
@@ -162,19 +153,20 @@ class PartitionQueries:
         `message`), conditional on its version and re-read after a lost update. A worker still
         running it fails its next checkpoint (a lost update) and commits nothing more. Returns
         the partition as it ended, with the checkpoint a restart resumes from."""
-        current = partition
-        while current.status.is_live:
-            try:
-                return self.update_step_execution(
-                    current,
-                    status=Status.FAILED,
-                    exit_code=Status.FAILED.value,
-                    exit_message=message,
-                    ended_at=utcnow(),
-                )
-            except StaleExecution:
-                current = self.step_execution(current.id)
-        return current
+
+        def decide(current: StepExecution) -> dict[str, Any] | None:
+            return ending(Status.FAILED, message) if current.status.is_live else None
+
+        def apply(current: StepExecution, changes: dict[str, Any]) -> StepExecution:
+            return self._write(lambda connection: self._update_step(connection, current, changes))
+
+        def reread(current: StepExecution) -> StepExecution:
+            found = self._read(lambda connection: self._step_execution_row(connection, current.id))
+            if found is None:
+                raise UnknownExecution(f"no step execution with id {current.id}")
+            return found
+
+        return settle(partition, decide, apply, reread)
 
     # -- the worker's side ----------------------------------------------------------------------
 
@@ -192,8 +184,6 @@ class PartitionQueries:
     ) -> StepExecution | None:
         """Claim: the oldest partition that is waiting, or whose worker stopped heartbeating
         before `stale_before`, of a job execution still running; None when there is none."""
-        from batchctl.repository.store import _step_execution
-
         stale_workers = _stale_workers(stale_before)
         claimable = or_(
             step_execution.c.status == Status.STARTING.value,
@@ -250,30 +240,19 @@ class PartitionQueries:
             row = connection.execute(
                 select(step_execution).where(step_execution.c.id == found.id)
             ).one()
-            return _step_execution(row)
+            return step_execution_from_row(row)
 
         return self._write(change)
 
     def release_partition(self, partition: StepExecution) -> None:
         """Write: hand a claimed partition back (STARTING, no worker), keeping its checkpoint."""
 
+        released = {"status": Status.STARTING, "worker_id": None, "host": None, "pid": None}
+
         def change(connection: Connection) -> None:
-            result = connection.execute(
-                update(step_execution)
-                .where(
-                    step_execution.c.id == partition.id,
-                    step_execution.c.version == partition.version,
-                )
-                .values(
-                    status=Status.STARTING.value,
-                    worker_id=None,
-                    host=None,
-                    pid=None,
-                    version=partition.version + 1,
-                )
+            self._update_versioned(
+                connection, step_execution, partition, released, what=f"partition {partition.name}"
             )
-            if result.rowcount != 1:
-                raise StaleExecution(f"partition {partition.name} was changed by another process")
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
 
@@ -291,7 +270,7 @@ class PartitionQueries:
                     host=host, pid=pid, kind=kind, started_at=now, heartbeat_at=now
                 )
             )
-            return int(result.inserted_primary_key[0])
+            return inserted_id(result)
 
         return int(self._write(change))
 
@@ -339,8 +318,6 @@ class PartitionQueries:
             .where(worker.c.stopped_at.is_(None), worker.c.heartbeat_at >= alive_after)
             .order_by(worker.c.id)
         )
-        from batchctl.repository.store import from_row
-
         rows = self._read(lambda connection: connection.execute(query).all())
         return [from_row(WorkerInfo, row) for row in rows]
 
@@ -349,7 +326,6 @@ class PartitionQueries:
         """A `wait(timeout)` that returns when partitions may be claimable: on Postgres when
         LISTEN hears of new ones (True) or at the timeout (False), elsewhere at the timeout."""
         if self.dialect != "postgresql":
-            import time
 
             def sleep(timeout: float) -> bool:
                 time.sleep(timeout)
@@ -357,9 +333,10 @@ class PartitionQueries:
 
             yield sleep
             return
-        raw = self.engine.raw_connection()  # type: ignore[attr-defined]
+        raw = self.engine.raw_connection()
         try:
             driver = raw.driver_connection
+            assert driver is not None  # a raw connection checked out of the pool is open
             driver.autocommit = True
             driver.execute(f"LISTEN {NOTIFY_CHANNEL}")
 

@@ -8,43 +8,36 @@ restart are the operator's; they arrive here as a `decide` function run inside t
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import json
-from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
-from datetime import date, datetime
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from dataclasses import replace
+from typing import Any, Callable, Sequence
 
-from sqlalchemy import Connection, Engine, Row, and_, exists, func, literal, select, text, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy import Connection, Row, and_, exists, func, literal, select, text, update
+from sqlalchemy.exc import DBAPIError
 
-from batchctl.errors import (
-    AlreadyRunning,
-    CommitUnknown,
-    ExecutionTakenOver,
-    StaleExecution,
-    UnknownExecution,
-)
+from batchctl.errors import CommitUnknown, StaleExecution, UnknownExecution
 from batchctl.model import (
+    ABANDONABLE_STATUSES,
     LIVE_STATUSES,
     STEP_COUNTERS,
+    STOPPABLE_STATUSES,
     JobExecution,
     SkippedItem,
     Status,
     StepExecution,
-    storable_json,
     utcnow,
 )
-from batchctl.repository.connect import (
-    READ_ONLY,
-    create_repository_engine,
-    is_unreachable,
-    unavailable,
-    with_retries,
-)
-from batchctl.repository.migrate import ensure_schema
+from batchctl.repository.base import Fence, inserted_id, taken_over_message
+from batchctl.repository.connect import translate_errors
 from batchctl.repository.partitions import PartitionQueries
+from batchctl.repository.rows import (
+    column_values,
+    context_json,
+    ending,
+    execution_from_row,
+    from_row,
+    skip_row,
+    step_execution_from_row,
+)
 from batchctl.repository.tables import (
     LIVE_STATUS_SQL,
     job_execution,
@@ -58,28 +51,11 @@ Decide = Callable[[JobExecution | None], JobExecution | None]
 or raise a Refused error."""
 
 _EXECUTION_COLUMNS = (*job_execution.c, job_instance.c.params)
-ITEM_TEXT_LIMIT = 4_000  # characters of a skipped item's JSON (or repr) kept in the repository
-ERROR_TEXT_LIMIT = 4_000  # characters of a skipped item's error kept
 
 # A chunk's checkpoint: every counter and the context, conditional on the version, as the
 # driver's own SQL (see Repository._checkpoint).
 _CHECKPOINT_KEYS = frozenset((*STEP_COUNTERS, "context"))
 _CHECKPOINT_SQL: dict[tuple[str, bool, bool], str] = {}
-
-
-@dataclass(frozen=True)
-class Fence:
-    """What a process's writes for an execution are conditional on: the execution is still live
-    and, when `owner` is given, still owned by that token. Marking an execution lost (or
-    ending it any other way) fails the condition, so a process that was paused past its
-    heartbeat timeout, or judged lost by mistake, commits nothing more.
-
-    The job's own process fences with its owner token; partition workers, which never own the
-    execution, fence with liveness alone (their claim on the partition is its version).
-    """
-
-    execution_id: int
-    owner: str | None = None
 
 
 def _checkpoint_sql(dialect: Any, fenced: bool, owned: bool) -> str:
@@ -104,77 +80,13 @@ def _checkpoint_sql(dialect: Any, fenced: bool, owned: bool) -> str:
     return found
 
 
-def _context_json(value: Any) -> str:
-    """A step's context as JSONText stores it; UnstorableValue naming the bad key."""
-    return storable_json(value, "ctx.state")
-
-
 class Repository(PartitionQueries):
-    """Persists instances, executions and step executions; decides nothing."""
+    """Persists instances, executions and step executions; decides nothing.
 
-    def __init__(self, engine: Engine, url: str) -> None:
-        self.engine = engine
-        self.url = url
-        self.fence: Fence | None = None
-
-    def fenced(self, fence: Fence) -> Repository:
-        """This repository (the same engine and pool) whose step writes are all conditional, in
-        their own transaction, on `fence`: a write of a process that no longer owns the
-        execution raises ExecutionTakenOver and commits nothing."""
-        view = copy.copy(self)
-        view.fence = fence
-        return view
-
-    @classmethod
-    def open(cls, url: str, *, migrate: bool = True) -> Repository:
-        """Connect to the repository at `url`, creating or migrating its schema if needed."""
-        engine = create_repository_engine(url)
-        repository = cls(engine, url)
-        if migrate:
-            repository._guard(lambda: ensure_schema(engine))
-        return repository
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
-
-    # -- transactions ---------------------------------------------------------------------------
-
-    @contextmanager
-    def _transaction(self, *, read_only: bool = False, serializable: bool = False) -> Iterator[Connection]:
-        with self.engine.connect() as connection:
-            options: dict[str, Any] = {READ_ONLY: read_only}
-            if serializable and self.dialect == "postgresql":
-                options["isolation_level"] = "SERIALIZABLE"
-            connection.execution_options(**options)
-            with connection.begin():
-                yield connection
-
-    def _guard(self, work: Callable[[], Any]) -> Any:
-        """Run `work`, retrying where the database asks and naming an unreachable database."""
-        try:
-            return with_retries(work)
-        except DBAPIError as exc:
-            if is_unreachable(exc):
-                raise unavailable(self.url, exc) from exc
-            raise
-
-    def _read(self, query: Callable[[Connection], Any]) -> Any:
-        def work() -> Any:
-            with self._transaction(read_only=True) as connection:
-                return query(connection)
-
-        return self._guard(work)
-
-    def _write(self, change: Callable[[Connection], Any], *, serializable: bool = False) -> Any:
-        def work() -> Any:
-            with self._transaction(serializable=serializable) as connection:
-                return change(connection)
-
-        return self._guard(work)
+    The engine, transactions, fencing and versioned updates are RepositoryBase's (base.py),
+    the partition and worker queries PartitionQueries' (partitions.py); this class adds the
+    executions' claims, writes and reads.
+    """
 
     # -- claims ---------------------------------------------------------------------------------
 
@@ -209,14 +121,9 @@ class Repository(PartitionQueries):
         )
 
     def _claim(self, change: Callable[[Connection], JobExecution]) -> JobExecution:
-        try:
-            return self._write(change, serializable=True)
-        except IntegrityError as exc:
-            if "live" in str(exc.orig) or "job_execution.instance_id" in str(exc.orig):
-                raise AlreadyRunning(
-                    "this job instance is already running (started by another process)"
-                ) from exc
-            raise
+        """A serializable write that inserts an execution: the live index refusing a second
+        live execution is AlreadyRunning (translated with every driver error in connect.py)."""
+        return self._write(change, serializable=True)
 
     def _instance_id(
         self, connection: Connection, job_name: str, job_key: str, params: dict[str, Any]
@@ -254,8 +161,10 @@ class Repository(PartitionQueries):
             "context": dict(resumed.context) if resumed else {},
             "resumed_from": resumed.id if resumed else None,
         }
-        new_id = connection.execute(job_execution.insert().values(**values)).inserted_primary_key[0]
-        return _execution(self._execution_row(connection, int(new_id)))
+        new_id = inserted_id(connection.execute(job_execution.insert().values(**values)))
+        row = self._execution_row(connection, new_id)
+        assert row is not None  # inserted in this transaction
+        return execution_from_row(row)
 
     def request_stop(self, execution_id: int) -> JobExecution | None:
         """Claim: STARTING/STARTED -> STOPPING in one conditional update.
@@ -269,14 +178,14 @@ class Repository(PartitionQueries):
                 update(job_execution)
                 .where(
                     job_execution.c.id == execution_id,
-                    job_execution.c.status.in_([Status.STARTING.value, Status.STARTED.value]),
+                    job_execution.c.status.in_([s.value for s in STOPPABLE_STATUSES]),
                 )
                 .values(status=Status.STOPPING.value, version=job_execution.c.version + 1)
             )
             row = self._execution_row(connection, execution_id)
             if row is None:
                 raise UnknownExecution(f"no execution with id {execution_id}")
-            found = _execution(row)
+            found = execution_from_row(row)
             return found if found.status == Status.STOPPING else None
 
         return self._write(change)
@@ -290,7 +199,7 @@ class Repository(PartitionQueries):
         execution at once, one wins and the other is refused. Returns the abandoned execution,
         or None when its status or a later execution did not allow it.
         """
-        allowed = [Status.STOPPED.value, Status.FAILED.value, Status.UNKNOWN.value]
+        allowed = [s.value for s in ABANDONABLE_STATUSES]
         later = job_execution.alias("later")
         no_later = ~exists(
             select(literal(1)).where(
@@ -314,7 +223,7 @@ class Repository(PartitionQueries):
             if result.rowcount != 1:
                 return None
             _end_live_steps(connection, execution_id, Status.ABANDONED, "execution abandoned")
-            return _execution(row)
+            return execution_from_row(row)
 
         return self._write(change, serializable=True)
 
@@ -331,29 +240,19 @@ class Repository(PartitionQueries):
             .limit(1)
         )
         row = self._read(lambda connection: connection.execute(query).first())
-        return _execution(row) if row is not None else None
+        return execution_from_row(row) if row is not None else None
 
     # -- writes ---------------------------------------------------------------------------------
 
     def update_execution(self, execution: JobExecution, **changes: Any) -> JobExecution:
         """Write: apply `changes` if the row is still at `execution.version`; return the new one."""
-        values = {k: (v.value if isinstance(v, Status) else v) for k, v in changes.items()}
         if "context" in changes:
-            storable_json(changes["context"], "ctx.job_context")
+            context_json(changes["context"], "ctx.job_context")
 
         def change(connection: Connection) -> None:
-            result = connection.execute(
-                update(job_execution)
-                .where(
-                    job_execution.c.id == execution.id,
-                    job_execution.c.version == execution.version,
-                )
-                .values(**values, version=execution.version + 1)
+            self._update_versioned(
+                connection, job_execution, execution, changes, what=f"execution {execution.id}"
             )
-            if result.rowcount != 1:
-                raise StaleExecution(
-                    f"execution {execution.id} was changed by another process"
-                )
 
         self._write(change)
         return replace(execution, **changes, version=execution.version + 1)
@@ -365,26 +264,12 @@ class Repository(PartitionQueries):
         `update_execution`), and in the same transaction every step execution it left live:
         a lost execution's steps and partitions end with it, and a worker still running one of
         them fails its next checkpoint."""
-        values = {
-            "status": status,
-            "exit_code": status.value,
-            "exit_message": message or None,
-            "ended_at": utcnow(),
-            **changes,
-        }
-        columns = {k: (v.value if isinstance(v, Status) else v) for k, v in values.items()}
+        values = {**ending(status, message or None), **changes}
 
         def change(connection: Connection) -> None:
-            result = connection.execute(
-                update(job_execution)
-                .where(
-                    job_execution.c.id == execution.id,
-                    job_execution.c.version == execution.version,
-                )
-                .values(**columns, version=execution.version + 1)
+            self._update_versioned(
+                connection, job_execution, execution, values, what=f"execution {execution.id}"
             )
-            if result.rowcount != 1:
-                raise StaleExecution(f"execution {execution.id} was changed by another process")
             _end_live_steps(connection, execution.id, status, message)
 
         self._write(change)
@@ -408,7 +293,7 @@ class Repository(PartitionQueries):
                     context=context,
                 )
             )
-            return int(result.inserted_primary_key[0])
+            return inserted_id(result)
 
         new_id = self._write(change)
         return StepExecution(
@@ -423,22 +308,9 @@ class Repository(PartitionQueries):
     def update_step_execution(self, step: StepExecution, **changes: Any) -> StepExecution:
         """Write: apply `changes` if the row is still at `step.version` (and the fence holds);
         return the new one."""
-        values = {k: (v.value if isinstance(v, Status) else v) for k, v in changes.items()}
         if "context" in changes:
-            _context_json(changes["context"])
-
-        def change(connection: Connection) -> None:
-            statement = update(step_execution).where(
-                step_execution.c.id == step.id, step_execution.c.version == step.version
-            )
-            if self.fence is not None:
-                statement = statement.where(self._fence_holds())
-            result = connection.execute(statement.values(**values, version=step.version + 1))
-            if result.rowcount != 1:
-                self._refuse_stale_step(connection, step)
-
-        self._write(change)
-        return replace(step, **changes, version=step.version + 1)
+            context_json(changes["context"])
+        return self._write(lambda connection: self._update_step(connection, step, changes))
 
     def check_fence(self, step: StepExecution) -> None:
         """Read: raise as a fenced write would (ExecutionTakenOver, StaleExecution) unless this
@@ -456,53 +328,6 @@ class Repository(PartitionQueries):
                 raise StaleExecution(f"step execution {step.id} was changed by another process")
 
         self._read(query)
-
-    # -- fencing ----------------------------------------------------------------------------------
-
-    def _fence_holds(self) -> Any:
-        """The fence as a condition of an UPDATE of a step row: the execution is live (and
-        owned); on Postgres the execution row is share-locked, so that marking it lost waits
-        for this transaction and a restart never reads a checkpoint this one is replacing."""
-        fence = self.fence
-        assert fence is not None
-        condition = select(literal(1)).where(
-            job_execution.c.id == fence.execution_id, text(f"job_execution.{LIVE_STATUS_SQL}")
-        )
-        if fence.owner is not None:
-            condition = condition.where(job_execution.c.owner == fence.owner)
-        if self.dialect == "postgresql":
-            condition = condition.with_for_update(read=True)
-        return exists(condition)
-
-    def _hold_fence(self, connection: Connection) -> None:
-        """In a write transaction without an UPDATE to carry the fence: check it (and on
-        Postgres share-lock the execution row until the commit)."""
-        if self.fence is None:
-            return
-        found = connection.execute(select(literal(1)).where(self._fence_holds())).scalar()
-        if found is None:
-            self._refuse_if_fenced_off(connection)
-
-    def _refuse_stale_step(self, connection: Connection, step: StepExecution) -> None:
-        """A step UPDATE matched no row: say whether the execution was taken over (fenced off)
-        or only the step row changed (a lost update)."""
-        if self.fence is not None:
-            self._refuse_if_fenced_off(connection)
-        raise StaleExecution(f"step execution {step.id} was changed by another process")
-
-    def _refuse_if_fenced_off(self, connection: Connection) -> None:
-        fence = self.fence
-        assert fence is not None
-        row = connection.execute(
-            select(job_execution.c.status, job_execution.c.owner, job_execution.c.exit_message)
-            .where(job_execution.c.id == fence.execution_id)
-        ).first()
-        if row is None:
-            raise ExecutionTakenOver(f"execution {fence.execution_id} is gone")
-        live = Status(row.status).is_live
-        if live and (fence.owner is None or row.owner == fence.owner):
-            return
-        raise ExecutionTakenOver(taken_over_message(fence.execution_id, row.status, row.exit_message))
 
     def commit_chunk(
         self,
@@ -536,7 +361,7 @@ class Repository(PartitionQueries):
             try:
                 changes, skipped = work(connection)
                 if skipped:
-                    connection.execute(skipped_item.insert(), [_skip_row(s) for s in skipped])
+                    connection.execute(skipped_item.insert(), [skip_row(s) for s in skipped])
                 self._checkpoint(connection, step, changes)
             except BaseException:
                 transaction.rollback()
@@ -553,12 +378,8 @@ class Repository(PartitionQueries):
         if repeatable:
             self._guard(run)
         else:
-            try:
+            with translate_errors(self.url):
                 run()
-            except DBAPIError as exc:
-                if is_unreachable(exc):
-                    raise unavailable(self.url, exc) from exc
-                raise
         return replace(step, **committed, version=step.version + 1)
 
     def chunk_connection(self) -> Connection:
@@ -575,28 +396,25 @@ class Repository(PartitionQueries):
             owned = fence is not None and fence.owner is not None
             sql = _checkpoint_sql(connection.dialect, fence is not None, owned)
             params = [changes[name] for name in STEP_COUNTERS]
-            params += [_context_json(changes["context"]), step.version + 1, step.id, step.version]
+            params += [context_json(changes["context"]), step.version + 1, step.id, step.version]
             if fence is not None:
                 params.append(fence.execution_id)
                 if owned:
                     params.append(fence.owner)
-            cursor = connection.connection.driver_connection.cursor()
+            driver = connection.connection.driver_connection
+            assert driver is not None  # the connection is in a transaction
+            cursor = driver.cursor()
             try:
                 cursor.execute(sql, params)
                 updated = cursor.rowcount
             finally:
                 cursor.close()
+            if updated != 1:
+                self._refuse_stale_step(connection, step)
         else:
             if "context" in changes:
-                _context_json(changes["context"])
-            statement = update(step_execution).where(
-                step_execution.c.id == step.id, step_execution.c.version == step.version
-            )
-            if fence is not None:
-                statement = statement.where(self._fence_holds())
-            updated = connection.execute(statement.values(**changes, version=step.version + 1)).rowcount
-        if updated != 1:
-            self._refuse_stale_step(connection, step)
+                context_json(changes["context"])
+            self._update_step(connection, step, changes)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -616,7 +434,7 @@ class Repository(PartitionQueries):
         row = self._read(lambda connection: self._execution_row(connection, execution_id))
         if row is None:
             raise UnknownExecution(f"no execution with id {execution_id}")
-        return _execution(row)
+        return execution_from_row(row)
 
     def latest_execution(self, job_name: str) -> JobExecution | None:
         """Read: the job's most recently created execution."""
@@ -628,7 +446,7 @@ class Repository(PartitionQueries):
             .limit(1)
         )
         row = self._read(lambda connection: connection.execute(query).first())
-        return _execution(row) if row is not None else None
+        return execution_from_row(row) if row is not None else None
 
     def history(
         self,
@@ -648,7 +466,7 @@ class Repository(PartitionQueries):
         if limit is not None:
             query = query.limit(limit)
         rows = self._read(lambda connection: connection.execute(query).all())
-        return [_execution(row) for row in rows]
+        return [execution_from_row(row) for row in rows]
 
     def live_executions(self, job_name: str | None = None) -> list[JobExecution]:
         """Read: every STARTING, STARTED or STOPPING execution, newest first.
@@ -665,7 +483,7 @@ class Repository(PartitionQueries):
         if job_name is not None:
             query = query.where(job_execution.c.job_name == job_name)
         rows = self._read(lambda connection: connection.execute(query).all())
-        return [_execution(row) for row in rows]
+        return [execution_from_row(row) for row in rows]
 
     def step_executions(self, execution_id: int) -> list[StepExecution]:
         """Read: the step executions of one job execution, in the order they started."""
@@ -675,15 +493,14 @@ class Repository(PartitionQueries):
             .order_by(step_execution.c.id)
         )
         rows = self._read(lambda connection: connection.execute(query).all())
-        return [_step_execution(row) for row in rows]
+        return [step_execution_from_row(row) for row in rows]
 
     def step_execution(self, step_execution_id: int) -> StepExecution:
         """Read: one step execution; UnknownExecution if there is none."""
-        query = select(step_execution).where(step_execution.c.id == step_execution_id)
-        row = self._read(lambda connection: connection.execute(query).first())
-        if row is None:
+        found = self._read(lambda connection: self._step_execution_row(connection, step_execution_id))
+        if found is None:
             raise UnknownExecution(f"no step execution with id {step_execution_id}")
-        return _step_execution(row)
+        return found
 
     def resumable_steps(self, execution: JobExecution) -> dict[str, StepExecution]:
         """Read: for a restart, the latest step execution of each step along the chain of
@@ -704,7 +521,7 @@ class Repository(PartitionQueries):
                 .where(step_execution.c.job_execution_id.in_(chain))
                 .order_by(step_execution.c.id)
             ).all()
-            return {row.name: _step_execution(row) for row in rows}
+            return {row.name: step_execution_from_row(row) for row in rows}
 
         return self._read(query)
 
@@ -736,16 +553,7 @@ class Repository(PartitionQueries):
             .limit(1)
         )
         row = connection.execute(query).first()
-        return _execution(row) if row is not None else None
-
-
-def taken_over_message(execution_id: int, status: str, exit_message: str | None) -> str:
-    reason = (exit_message or "").strip().splitlines()
-    because = f": {reason[0]}" if reason else ""
-    return (
-        f"execution {execution_id} was taken over by another process (it is {status}{because}); "
-        "stopping without committing"
-    )
+        return execution_from_row(row) if row is not None else None
 
 
 def _end_live_steps(connection: Connection, execution_id: int, status: Status, message: str) -> None:
@@ -756,13 +564,7 @@ def _end_live_steps(connection: Connection, execution_id: int, status: Status, m
             step_execution.c.job_execution_id == execution_id,
             step_execution.c.status.in_([s.value for s in LIVE_STATUSES]),
         )
-        .values(
-            status=status.value,
-            exit_code=status.value,
-            exit_message=message or None,
-            ended_at=utcnow(),
-            version=step_execution.c.version + 1,
-        )
+        .values(**column_values(ending(status, message or None)), version=step_execution.c.version + 1)
     )
 
 
@@ -775,62 +577,16 @@ def _instance_job_name(connection: Connection, instance_id: int) -> str:
 
 
 def _dialect_insert(connection: Connection) -> Any:
+    """The dialect's INSERT of a job instance (for ON CONFLICT DO NOTHING). The dialect module
+    is imported here, not at the top: loading the Postgres dialect would cost every SQLite
+    command tens of milliseconds of start-up."""
     if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(job_instance)
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 
+        return postgresql_insert(job_instance)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-T = TypeVar("T")
-
-
-def from_row(cls: type[T], row: Row[Any], **overrides: Any) -> T:
-    """A domain dataclass from a row whose columns are named as its fields."""
-    mapping = row._mapping
-    values = {f.name: mapping[f.name] for f in fields(cls) if f.init and f.name in mapping}  # type: ignore[arg-type]
-    values.update(overrides)
-    return cls(**values)
-
-
-def _execution(row: Row[Any]) -> JobExecution:
-    return from_row(JobExecution, row, status=Status(row.status))
-
-
-def _step_execution(row: Row[Any]) -> StepExecution:
-    return from_row(StepExecution, row, status=Status(row.status))
-
-
-def _skip_row(skipped: SkippedItem) -> dict[str, Any]:
-    return {
-        "step_execution_id": skipped.step_execution_id,
-        "phase": skipped.phase,
-        "position": skipped.position,
-        "item": _item_text(skipped.item),
-        "error": skipped.error_text[:ERROR_TEXT_LIMIT],
-        "created_at": skipped.created_at or utcnow(),
-    }
-
-
-def _item_text(item: Any) -> str | None:
-    """A skipped item as JSON where it can be (dataclasses as objects), else its repr."""
-    if item is None:
-        return None
-    try:
-        text = json.dumps(item, default=_item_json, ensure_ascii=False, sort_keys=False)
-    except (TypeError, ValueError):
-        text = repr(item)
-    return text[:ITEM_TEXT_LIMIT]
-
-
-def _item_json(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, (date, datetime)):
-        return value.isoformat()
-    if isinstance(value, (bytes, bytearray)):
-        return value.decode("utf-8", "replace")
-    return str(value)
+    return sqlite_insert(job_instance)
 
 
 __all__ = ["Repository", "Decide", "Fence", "taken_over_message"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Sequence
 
 from sqlalchemy import (
     BigInteger,
@@ -18,11 +18,26 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.types import TypeDecorator
 
-LIVE_STATUS_SQL = "status IN ('STARTING', 'STARTED', 'STOPPING')"
+from batchctl.model import LIVE_STATUSES, Status
+
+
+def status_in_sql(statuses: Sequence[Status], column: str = "status") -> str:
+    """`status IN ('A', 'B')` as literal SQL text, in the order given. Literal, not bound: a
+    partial index is used only by a query whose WHERE implies the index's own, which the
+    planners (SQLite's above all) check on the literal terms."""
+    values = ", ".join(f"'{status.value}'" for status in statuses)
+    return f"{column} IN ({values})"
+
+
+# The partial unique index's WHERE (migration 0001 wrote the same text as a literal; a test
+# checks that the two agree) and every query that must be answered from that index.
+LIVE_STATUS_SQL = status_in_sql(LIVE_STATUSES)
+LIVE_INDEX = "uq_job_execution_live"
+"""The partial unique index on job_execution(instance_id) WHERE LIVE_STATUS_SQL: at most one live
+execution per instance. Its violation is translated into AlreadyRunning (see connect.py)."""
 
 metadata = MetaData(
     naming_convention={
@@ -136,7 +151,7 @@ job_execution = Table(
     # index is partial (WHERE LIVE_STATUS_SQL), as migration 0001 creates it; the WHERE is not
     # declared here because a `postgresql_where` would load the Postgres dialect on every
     # SQLite command (tens of milliseconds of start-up).
-    Index("uq_job_execution_live", "instance_id", unique=True, info={"where": LIVE_STATUS_SQL}),
+    Index(LIVE_INDEX, "instance_id", unique=True, info={"where": LIVE_STATUS_SQL}),
 )
 
 step_execution = Table(

@@ -196,3 +196,65 @@ def test_step_executions_are_listed_in_the_order_they_started(repository: Reposi
     for name in ("b", "a", "c"):
         repository.create_step_execution(execution.id, name, {})
     assert [s.name for s in repository.step_executions(execution.id)] == ["b", "a", "c"]
+
+
+# -- driver errors, translated in one place -------------------------------------------------------
+
+
+def test_a_write_refused_by_the_live_index_is_already_running(repository: Repository) -> None:
+    live = repository.create_execution("job", KEY_A, {}, afresh)
+    row = _execution_row(live.instance_id, Status.STARTED)
+    with pytest.raises(AlreadyRunning) as refused:
+        repository._write(lambda connection: connection.execute(insert(job_execution).values(**row)))
+    assert isinstance(refused.value.__cause__, IntegrityError)
+
+
+def test_the_live_index_violation_is_told_by_the_index_not_by_words(repository: Repository) -> None:
+    from batchctl.repository.connect import is_live_index_violation
+
+    live = repository.create_execution("job", KEY_A, {}, afresh)
+    with pytest.raises(IntegrityError) as second_live, repository.engine.begin() as connection:
+        connection.execute(insert(job_execution).values(**_execution_row(live.instance_id, Status.STARTED)))
+    assert is_live_index_violation(second_live.value)
+
+    row = {"job_name": "job", "job_key": KEY_B, "params": {}, "created_at": utcnow()}
+    with repository.engine.begin() as connection:
+        connection.execute(insert(job_instance).values(**row))
+    with pytest.raises(IntegrityError) as same_key, repository.engine.begin() as connection:
+        connection.execute(insert(job_instance).values(**row))
+    assert not is_live_index_violation(same_key.value)
+
+
+def test_another_integrity_error_is_not_translated(repository: Repository) -> None:
+    row = {"job_name": "job", "job_key": KEY_B, "params": {}, "created_at": utcnow()}
+    repository._write(lambda connection: connection.execute(insert(job_instance).values(**row)))
+    with pytest.raises(IntegrityError):
+        repository._write(lambda connection: connection.execute(insert(job_instance).values(**row)))
+
+
+def test_upgrade_schema_creates_the_schema_and_says_its_revision(database_url: str) -> None:
+    repository = Repository.open(database_url, migrate=False)
+    try:
+        assert current_revision(repository.engine) is None
+        assert repository.upgrade_schema() == HEAD_REVISION
+        assert repository.upgrade_schema() == HEAD_REVISION
+    finally:
+        repository.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://postgres:secretpw@127.0.0.1:1/x", "sqlite:////nonexistent-batchctl-folder/repo.db"],
+)
+def test_an_unreachable_database_is_database_unavailable(url: str) -> None:
+    from batchctl.errors import DatabaseUnavailable
+
+    repository = Repository.open(url, migrate=False)
+    try:
+        with pytest.raises(DatabaseUnavailable, match="cannot reach the job repository") as caught:
+            repository.upgrade_schema()
+        assert "secretpw" not in str(caught.value)
+        with pytest.raises(DatabaseUnavailable):
+            repository.history()
+    finally:
+        repository.close()

@@ -54,3 +54,37 @@ def test_unsuccessful_statuses() -> None:
 def test_a_status_is_its_name_as_a_string() -> None:
     assert Status("FAILED") is Status.FAILED
     assert Status.FAILED.value == "FAILED"
+
+
+def test_abandonable_statuses() -> None:
+    assert {s for s in Status if s.is_abandonable} == {Status.STOPPED, Status.FAILED, Status.UNKNOWN}
+
+
+def test_the_status_sets_are_in_the_enums_order() -> None:
+    from batchctl import model
+
+    for statuses in (
+        model.LIVE_STATUSES,
+        model.STOPPABLE_STATUSES,
+        model.RESTARTABLE_STATUSES,
+        model.ABANDONABLE_STATUSES,
+        model.UNSUCCESSFUL_STATUSES,
+    ):
+        assert list(statuses) == sorted(statuses)
+
+
+def test_the_live_index_sql_is_generated_from_the_live_statuses() -> None:
+    from batchctl.repository.tables import LIVE_STATUS_SQL
+
+    assert LIVE_STATUS_SQL == "status IN ('STARTING', 'STARTED', 'STOPPING')"
+
+
+def test_migration_0001_created_the_live_index_with_the_generated_where() -> None:
+    """Migrations are history and keep their literal SQL; a change to LIVE_STATUSES must come
+    with a migration that rebuilds the index, or the queries stop matching it."""
+    import importlib
+
+    from batchctl.repository.tables import LIVE_STATUS_SQL
+
+    initial = importlib.import_module("batchctl.repository.migrations.versions.0001_initial")
+    assert initial.LIVE == LIVE_STATUS_SQL
