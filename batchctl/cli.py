@@ -138,7 +138,9 @@ def _run_or_launch(
     """`batch.start` or `batch.restart`, in the foreground (stoppable by Ctrl-C and SIGTERM,
     exiting with the execution's exit code) or detached; then the outcome."""
     from batchctl import render
+    from batchctl.model import Trigger
 
+    operation = partial(operation, trigger=Trigger("cli"))
     if detach:
         with render.run_observers(batch.job, notices=not as_json, live=False) as observers:
             launched = operation(detach=True, observers=observers)

@@ -156,6 +156,8 @@ class JobExecution:
     pid: int | None = None
     pid_scope: str | None = None  # the boot and pid namespace where `pid` means something
     owner: str | None = None  # the token of the process that took the execution over
+    trigger: str | None = None  # what started it: cli, api, schedule, http or mq
+    trigger_detail: str | None = None  # the schedule and fire time, the token's name, the message id
     context: dict[str, Any] = field(default_factory=dict)
     resumed_from: int | None = None
     log_path: str | None = None
@@ -171,6 +173,38 @@ class JobExecution:
     def process_exit_code(self) -> int:
         """The exit code a command that ran this execution returns."""
         return EXIT_CODE_FOR_STATUS.get(self.status, 1)
+
+
+TRIGGER_KINDS = ("cli", "api", "schedule", "http", "mq")
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """What started an execution: the command line, a Python caller (`api`), a schedule, an
+    HTTP request or a message, with a detail (the schedule and its fire time, the token's
+    name, the message id)."""
+
+    kind: str = "api"
+    detail: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in TRIGGER_KINDS:
+            raise ValueError(f"trigger must be one of {', '.join(TRIGGER_KINDS)}, not {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One status change of an execution (`step_name` None) or of one of its steps, as the
+    outbox recorded it in the transaction of the change. Ids grow: a consumer resumes after the
+    last id it saw, and recognises a duplicate by its id."""
+
+    id: int
+    execution_id: int
+    job_name: str
+    status: Status
+    at: datetime
+    step_execution_id: int | None = None
+    step_name: str | None = None
 
 
 STEP_COUNTERS = (

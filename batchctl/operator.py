@@ -29,11 +29,13 @@ from batchctl.errors import (
 )
 from batchctl.job import Job
 from batchctl.model import (
+    MAX_ID,
+    Event,
     JobExecution,
     SkippedItem,
     Status,
     StepExecution,
-    MAX_ID,
+    Trigger,
     instance_key,
     params_to_json,
     parse_execution_id,
@@ -246,6 +248,7 @@ class Batch:
         observers: Iterable[Any] = (),
         on_tracker: Callable[[Any], None] | None = None,
         handle_signals: bool = False,
+        trigger: Trigger | None = None,
     ) -> JobExecution:
         """Run `job` with `params` and return the execution.
 
@@ -259,9 +262,10 @@ class Batch:
         foreground run, the engine's events. `on_tracker` receives the running execution's
         tracker (its `request_stop()` asks for a graceful stop). `handle_signals=True` routes
         Ctrl-C and SIGTERM to that graceful stop while a foreground run lasts; only the main
-        thread may install signal handlers, so it is off by default.
+        thread may install signal handlers, so it is off by default. `trigger` records what
+        started it (a Python caller by default: `Trigger("api")`).
         """
-        execution, found = self._create_start(job, params, detach=detach)
+        execution, found = self._create_start(job, params, detach=detach, trigger=trigger)
         return self._proceed(
             found, execution, detach=detach, observers=observers, on_tracker=on_tracker,
             handle_signals=handle_signals,
@@ -275,10 +279,11 @@ class Batch:
         observers: Iterable[Any] = (),
         on_tracker: Callable[[Any], None] | None = None,
         handle_signals: bool = False,
+        trigger: Trigger | None = None,
     ) -> JobExecution:
         """Resume the STOPPED or FAILED instance named by `target`: an execution id, or a job
         name for the job's most recently created execution (see `start` for the keywords)."""
-        execution, found = self._create_restart(target, detach=detach)
+        execution, found = self._create_restart(target, detach=detach, trigger=trigger)
         return self._proceed(
             found, execution, detach=detach, observers=observers, on_tracker=on_tracker,
             handle_signals=handle_signals,
@@ -308,7 +313,12 @@ class Batch:
         )
 
     def _create_start(
-        self, job: str | Job, params: Mapping[str, Any] | None = None, *, detach: bool = False
+        self,
+        job: str | Job,
+        params: Mapping[str, Any] | None = None,
+        *,
+        detach: bool = False,
+        trigger: Trigger | None = None,
     ) -> tuple[JobExecution, Job]:
         """Record a STARTING execution for `start` without running it."""
         if detach:
@@ -323,11 +333,12 @@ class Batch:
             params_to_json(converted),
             start_rule,
             process=None if detach else this_process(),
+            trigger=trigger,
         )
         return execution, found
 
     def _create_restart(
-        self, target: str | int, *, detach: bool = False
+        self, target: str | int, *, detach: bool = False, trigger: Trigger | None = None
     ) -> tuple[JobExecution, Job]:
         """Record the STARTING execution of a restart without running it."""
         if detach:
@@ -340,6 +351,7 @@ class Batch:
             previous.instance_id,
             restart_rule,
             process=None if detach else this_process(),
+            trigger=trigger,
         )
         return execution, found
 
@@ -635,6 +647,18 @@ class Batch:
     def skipped_items(self, execution_id: int) -> list[SkippedItem]:
         """The items the chunk steps of an execution skipped, with their errors."""
         return self.repository.skipped_items(execution_id)
+
+    def events(
+        self,
+        after: int = 0,
+        *,
+        limit: int = 100,
+        job: str | None = None,
+        execution: int | None = None,
+    ) -> list[Event]:
+        """Status changes recorded after event id `after`, oldest first (the outbox the HTTP
+        API streams and the message listener publishes)."""
+        return self.repository.events_after(after, limit=limit, job_name=job, execution_id=execution)
 
     def history(
         self,

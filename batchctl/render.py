@@ -96,6 +96,7 @@ def execution_dict(
         "host": execution.host,
         "pid": execution.pid,
         "resumed_from": execution.resumed_from,
+        "trigger": {"kind": execution.trigger, "detail": execution.trigger_detail},
         "log_path": execution.log_path,
         "context": execution.context,
     }
@@ -104,6 +105,14 @@ def execution_dict(
     if skipped is not None:
         data["skipped"] = [skipped_dict(item) for item in skipped]
     return data
+
+
+def trigger_text(execution: JobExecution) -> str:
+    """What started an execution, for people: `schedule eod-nightly @ 2024-02-01 00:30 CET`."""
+    kind = execution.trigger or "-"
+    if not execution.trigger_detail:
+        return kind
+    return printable(f"{kind} {execution.trigger_detail}")
 
 
 def skipped_dict(skipped: SkippedItem) -> dict[str, Any]:
@@ -253,6 +262,7 @@ def print_execution(
     header.add_row("ended", _local(execution.ended_at))
     header.add_row("duration", _duration(execution.duration))
     header.add_row("host / pid", printable(f"{execution.host or '-'} / {execution.pid or '-'}"))
+    header.add_row("trigger", trigger_text(execution))
     if execution.resumed_from:
         header.add_row("resumes", f"execution {execution.resumed_from}")
     if execution.log_path:

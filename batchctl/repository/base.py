@@ -23,6 +23,7 @@ from batchctl.repository.connect import (
     translate_errors,
     with_retries,
 )
+from batchctl.repository.events import record_execution_event, record_step_event
 from batchctl.repository.migrate import current_revision, ensure_schema, upgrade
 from batchctl.repository.rows import column_values, step_execution_from_row
 from batchctl.repository.tables import LIVE_STATUS_SQL, job_execution, step_execution
@@ -214,6 +215,8 @@ class RepositoryBase:
             if fence_applies:
                 self._refuse_if_fenced_off(connection)
             raise StaleExecution(f"{what} was changed by another process")
+        if "status" in changes:
+            _record_status_change(connection, table, current, changes["status"])
 
     def _update_step(self, connection: Connection, step: VersionedT, changes: Mapping[str, Any]) -> VersionedT:
         """A step execution's (or a partition's) versioned, fenced update; the step after it."""
@@ -277,6 +280,14 @@ class RepositoryBase:
         if live and (fence.owner is None or row.owner == fence.owner):
             return
         raise ExecutionTakenOver(taken_over_message(fence.execution_id, row.status, row.exit_message))
+
+
+def _record_status_change(connection: Connection, table: Table, current: Any, status: Any) -> None:
+    """The outbox event of a versioned update that set a status, in its transaction."""
+    if table is job_execution:
+        record_execution_event(connection, current.id, status)
+    elif table is step_execution:
+        record_step_event(connection, current.job_execution_id, current.id, current.name, status)
 
 
 __all__ = ["Fence", "RepositoryBase", "Versioned", "inserted_id", "settle", "taken_over_message"]

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, and_, func, or_, select, text, update
 from batchctl.errors import UnknownExecution
 from batchctl.model import Status, StepExecution, utcnow
 from batchctl.repository.base import RepositoryBase, inserted_id, settle
+from batchctl.repository.events import record_step_event, record_step_events
 from batchctl.repository.rows import column_values, ending, from_row, step_execution_from_row
 from batchctl.repository.tables import job_execution, step_execution, worker
 
@@ -81,6 +82,14 @@ class PartitionQueries(RepositoryBase):
                         for spec in specs
                     ],
                 )
+                created = connection.execute(
+                    select(step_execution.c.id, step_execution.c.name).where(
+                        step_execution.c.job_execution_id == job_execution_id,
+                        step_execution.c.partition_of == step_name,
+                        step_execution.c.status == Status.STARTING.value,
+                    )
+                ).all()
+                record_step_events(connection, job_execution_id, created, Status.STARTING)
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
 
@@ -131,20 +140,21 @@ class PartitionQueries(RepositoryBase):
     ) -> int:
         def change(connection: Connection) -> int:
             self._hold_fence(connection)
-            return int(
-                connection.execute(
-                    update(step_execution)
-                    .where(
-                        step_execution.c.job_execution_id == job_execution_id,
-                        step_execution.c.partition_of == step_name,
-                        which,
-                    )
-                    .values(
-                        **column_values(ending(status, message)),
-                        version=step_execution.c.version + 1,
-                    )
-                ).rowcount
-            )
+            ended = connection.execute(
+                update(step_execution)
+                .where(
+                    step_execution.c.job_execution_id == job_execution_id,
+                    step_execution.c.partition_of == step_name,
+                    which,
+                )
+                .values(
+                    **column_values(ending(status, message)),
+                    version=step_execution.c.version + 1,
+                )
+                .returning(step_execution.c.id, step_execution.c.name)
+            ).all()
+            record_step_events(connection, job_execution_id, ended, status)
+            return len(ended)
 
         return int(self._write(change))
 
@@ -222,6 +232,10 @@ class PartitionQueries(RepositoryBase):
             if found is None:
                 return None
             now = utcnow()
+            was = connection.execute(
+                select(step_execution.c.status, step_execution.c.job_execution_id,
+                       step_execution.c.name).where(step_execution.c.id == found.id)
+            ).one()
             connection.execute(
                 update(step_execution)
                 .where(step_execution.c.id == found.id, step_execution.c.version == found.version)
@@ -234,6 +248,10 @@ class PartitionQueries(RepositoryBase):
                     version=found.version + 1,
                 )
             )
+            if was.status != Status.STARTED.value:
+                record_step_event(
+                    connection, was.job_execution_id, found.id, was.name, Status.STARTED
+                )
             connection.execute(
                 update(worker).where(worker.c.id == worker_id).values(step_execution_id=found.id)
             )

@@ -18,15 +18,23 @@ from batchctl.errors import CommitUnknown, StaleExecution, UnknownExecution
 from batchctl.model import (
     ABANDONABLE_STATUSES,
     LIVE_STATUSES,
+    Event,
     STEP_COUNTERS,
     STOPPABLE_STATUSES,
     JobExecution,
     SkippedItem,
     Status,
     StepExecution,
+    Trigger,
     utcnow,
 )
 from batchctl.repository.base import Fence, inserted_id, taken_over_message
+from batchctl.repository.events import (
+    events_after,
+    record_execution_event,
+    record_step_event,
+    record_step_events,
+)
 from batchctl.repository.connect import translate_errors
 from batchctl.repository.partitions import PartitionQueries
 from batchctl.repository.rows import (
@@ -98,9 +106,11 @@ class Repository(PartitionQueries):
         decide: Decide,
         *,
         process: dict[str, Any] | None = None,
+        trigger: Trigger | None = None,
     ) -> JobExecution:
         """Claim: create the instance if new, and a STARTING execution of it if `decide` allows.
-        `process`: the host, pid and pid_scope of the process that will run it, when known.
+        `process`: the host, pid and pid_scope of the process that will run it, when known;
+        `trigger`: what started it.
 
         The decision and the insert are one serializable transaction, and the partial unique
         index on live executions refuses a second live execution whatever the race.
@@ -108,16 +118,23 @@ class Repository(PartitionQueries):
 
         def change(connection: Connection) -> JobExecution:
             instance_id = self._instance_id(connection, job_name, job_key, params)
-            return self._insert_execution(connection, instance_id, decide, process or {})
+            return self._insert_execution(connection, instance_id, decide, process or {}, trigger)
 
         return self._claim(change)
 
     def create_execution_of_instance(
-        self, instance_id: int, decide: Decide, *, process: dict[str, Any] | None = None
+        self,
+        instance_id: int,
+        decide: Decide,
+        *,
+        process: dict[str, Any] | None = None,
+        trigger: Trigger | None = None,
     ) -> JobExecution:
         """Claim: a new STARTING execution of an existing instance if `decide` allows."""
         return self._claim(
-            lambda connection: self._insert_execution(connection, instance_id, decide, process or {})
+            lambda connection: self._insert_execution(
+                connection, instance_id, decide, process or {}, trigger
+            )
         )
 
     def _claim(self, change: Callable[[Connection], JobExecution]) -> JobExecution:
@@ -144,6 +161,7 @@ class Repository(PartitionQueries):
         instance_id: int,
         decide: Decide,
         process: dict[str, Any],
+        trigger: Trigger | None,
     ) -> JobExecution:
         last = self._last_execution_of_instance(connection, instance_id)
         resumed = decide(last)
@@ -158,10 +176,13 @@ class Repository(PartitionQueries):
             "host": process.get("host"),
             "pid": process.get("pid"),
             "pid_scope": process.get("pid_scope"),
+            "trigger": (trigger or Trigger()).kind,
+            "trigger_detail": (trigger or Trigger()).detail,
             "context": dict(resumed.context) if resumed else {},
             "resumed_from": resumed.id if resumed else None,
         }
         new_id = inserted_id(connection.execute(job_execution.insert().values(**values)))
+        record_execution_event(connection, new_id, Status.STARTING)
         row = self._execution_row(connection, new_id)
         assert row is not None  # inserted in this transaction
         return execution_from_row(row)
@@ -174,7 +195,7 @@ class Repository(PartitionQueries):
         """
 
         def change(connection: Connection) -> JobExecution | None:
-            connection.execute(
+            result = connection.execute(
                 update(job_execution)
                 .where(
                     job_execution.c.id == execution_id,
@@ -182,6 +203,8 @@ class Repository(PartitionQueries):
                 )
                 .values(status=Status.STOPPING.value, version=job_execution.c.version + 1)
             )
+            if result.rowcount == 1:
+                record_execution_event(connection, execution_id, Status.STOPPING)
             row = self._execution_row(connection, execution_id)
             if row is None:
                 raise UnknownExecution(f"no execution with id {execution_id}")
@@ -222,6 +245,7 @@ class Repository(PartitionQueries):
                 raise UnknownExecution(f"no execution with id {execution_id}")
             if result.rowcount != 1:
                 return None
+            record_execution_event(connection, execution_id, Status.ABANDONED)
             _end_live_steps(connection, execution_id, Status.ABANDONED, "execution abandoned")
             return execution_from_row(row)
 
@@ -293,7 +317,9 @@ class Repository(PartitionQueries):
                     context=context,
                 )
             )
-            return inserted_id(result)
+            new_id = inserted_id(result)
+            record_step_event(connection, job_execution_id, new_id, name, Status.STARTED)
+            return new_id
 
         new_id = self._write(change)
         return StepExecution(
@@ -448,6 +474,21 @@ class Repository(PartitionQueries):
         row = self._read(lambda connection: connection.execute(query).first())
         return execution_from_row(row) if row is not None else None
 
+    def events_after(
+        self,
+        after_id: int,
+        *,
+        limit: int = 100,
+        job_name: str | None = None,
+        execution_id: int | None = None,
+    ) -> list[Event]:
+        """Read: status changes with an id above `after_id`, oldest first, at most `limit`."""
+        return self._read(
+            lambda connection: events_after(
+                connection, after_id, limit=limit, job_name=job_name, execution_id=execution_id
+            )
+        )
+
     def history(
         self,
         job_name: str | None = None,
@@ -558,14 +599,16 @@ class Repository(PartitionQueries):
 
 def _end_live_steps(connection: Connection, execution_id: int, status: Status, message: str) -> None:
     """End the step executions (partitions included) an ending execution left live."""
-    connection.execute(
+    ended = connection.execute(
         update(step_execution)
         .where(
             step_execution.c.job_execution_id == execution_id,
             step_execution.c.status.in_([s.value for s in LIVE_STATUSES]),
         )
         .values(**column_values(ending(status, message or None)), version=step_execution.c.version + 1)
-    )
+        .returning(step_execution.c.id, step_execution.c.name)
+    ).all()
+    record_step_events(connection, execution_id, ended, status)
 
 
 def _instance_job_name(connection: Connection, instance_id: int) -> str:

@@ -141,6 +141,10 @@ job_execution = Table(
     # running the execution: every write of that process is conditional on it (fencing).
     Column("pid_scope", String(100)),
     Column("owner", String(32)),
+    # What started it: cli, api, schedule, http or mq, and a detail (the schedule and its fire
+    # time, the token's name, the message id).
+    Column("trigger", String(16)),
+    Column("trigger_detail", SafeText),
     Column("context", JSONText, nullable=False),
     Column("resumed_from", Id, ForeignKey("job_execution.id")),
     Column("log_path", Text),
@@ -214,4 +218,21 @@ worker = Table(
     Column("stopped_at", UTCDateTime),
     Column("step_execution_id", Id),
     Index("ix_worker_heartbeat_at", "heartbeat_at"),
+)
+
+
+# The outbox of status changes: one row per change of an execution's or a step's status,
+# written in the transaction of the change; read in id order by the event stream and the
+# message listener. Append-only; pruned with its execution.
+event = Table(
+    "event",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("execution_id", Id, ForeignKey("job_execution.id"), nullable=False),
+    Column("step_execution_id", Id),
+    Column("job_name", String(200), nullable=False),
+    Column("step_name", String(200)),
+    Column("status", String(16), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_event_execution_id", "execution_id"),
 )
