@@ -19,7 +19,7 @@ from batchctl.operator import Batch
 PUBLIC = {
     "start", "restart", "stop", "abandon", "recover_lost", "history", "execution",
     "step_executions", "skipped_items", "jobs", "job", "workers", "run_worker",
-    "upgrade_schema", "close", "from_config", "config", "repository", "registry",
+    "upgrade_schema", "close", "from_config", "config", "repository", "registry", "prune",
 }
 
 
