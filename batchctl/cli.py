@@ -8,6 +8,7 @@ them, so `batchctl --help` starts fast.
 
 from __future__ import annotations
 
+import enum
 import os
 import sys
 import traceback
@@ -71,6 +72,21 @@ def _batch(ctx: typer.Context) -> Batch:
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")]
 
 
+def _print_version(value: bool) -> None:
+    """`--version`: the installed distribution's version, read only when asked (importlib.metadata
+    costs milliseconds that every other command would pay)."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("batchctl")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        found = "unknown (not installed)"
+    sys.stdout.write(f"batchctl {found}\n")
+    raise typer.Exit(0)
+
+
 @app.callback()
 def _global(
     ctx: typer.Context,
@@ -88,6 +104,11 @@ def _global(
     ] = None,
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks (also BATCHCTL_DEBUG=1).")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version,
+                     help="Print batchctl's version and exit."),
     ] = False,
 ) -> None:
     state = ctx.ensure_object(CliState)
@@ -366,6 +387,65 @@ def db_upgrade(ctx: typer.Context) -> None:
     )
 
 
+@app.command()
+def prune(
+    ctx: typer.Context,
+    older_than: Annotated[
+        str,
+        typer.Option("--older-than", metavar="AGE",
+                     help="Prune executions that ended more than AGE ago: 90d, 12h, 30m, 2w."),
+    ],
+    keep_last: Annotated[
+        Optional[int],
+        typer.Option("--keep-last", min=0, metavar="N",
+                     help="Keep the N newest executions of each job, whatever their age."),
+    ] = None,
+    job: Annotated[
+        Optional[str], typer.Option("--job", help="Only this job's executions.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would be pruned; write nothing.")
+    ] = False,
+    include_restartable: Annotated[
+        bool,
+        typer.Option("--include-restartable",
+                     help="Also prune the last execution of FAILED, STOPPED and UNKNOWN instances."),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete old ended executions with their step executions, skipped items and log files."""
+    from batchctl import render
+    from batchctl.model import parse_age
+
+    age = parse_age(older_than)
+    report = _batch(ctx).prune(age, keep_last=keep_last, job=job, dry_run=dry_run,
+                               include_restartable=include_restartable)
+    render.output(render.prune_dict(report), lambda: render.print_prune(report), as_json=as_json)
+
+
+class Shell(str, enum.Enum):
+    """The shells `batchctl completion` writes a script for."""
+
+    bash = "bash"
+    zsh = "zsh"
+    fish = "fish"
+
+
+COMPLETE_VAR = "_BATCHCTL_COMPLETE"  # set by the completion script when the shell asks
+
+
+@app.command()
+def completion(
+    shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.")],
+) -> None:
+    """Print the shell completion script: eval "$(batchctl completion bash)" in ~/.bashrc."""
+    from typer._completion_shared import get_completion_script
+
+    script = get_completion_script(prog_name="batchctl", complete_var=COMPLETE_VAR,
+                                   shell=shell.value)
+    sys.stdout.write(script + "\n")
+
+
 # -- error handling: the one place errors become exit codes -----------------------------------------
 
 
@@ -374,6 +454,12 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = os.environ.get("BATCHCTL_DEBUG", "") not in ("", "0") or "--debug" in args
     state = CliState(debug=debug)
+    if os.environ.get(COMPLETE_VAR):
+        # The shell asks for completions: register Typer's completion classes, which speak the
+        # scripts `batchctl completion` prints. Only then: `--help` must not pay for them.
+        from typer._completion_classes import completion_init
+
+        completion_init()
     try:
         code = app(args=args, prog_name="batchctl", standalone_mode=False, obj=state)
     except BatchctlError as exc:

@@ -137,8 +137,17 @@ def _read_file(file: Path) -> dict[str, Any]:
     return table
 
 
-def _check_type(key: str, value: Any, where: str) -> Any:
+def _check_type(key: str, value: Any, where: str, *, from_text: bool = False) -> Any:
+    """The value of `key` checked (and a number of seconds made a float). `from_text`: the
+    value comes from the environment, where every value is text; in the TOML file a number
+    must be a TOML number, so that `heartbeat_timeout = "60"` is refused like any other type
+    error rather than read one way here and another by the next tool that reads the file."""
     if key in _NUMBER_KEYS:
+        if isinstance(value, str) and not from_text:
+            raise ConfigError(
+                f"{where} must be a number of seconds, got the string {value!r} "
+                "(write the number without quotes)"
+            )
         if isinstance(value, str):
             try:
                 value = float(value)
@@ -177,7 +186,8 @@ def _apply(config: Config, values: Mapping[str, Any], base: Path, origin: str) -
     changes: dict[str, Any] = {}
     for key, raw in values.items():
         where = _ENV_NAMES[key] if origin == "environment" else f"{origin}: '{key}'"
-        value = _check_type(key, raw if not isinstance(raw, Path) else str(raw), where)
+        value = _check_type(key, raw if not isinstance(raw, Path) else str(raw), where,
+                            from_text=origin in ("environment", "option"))
         if key == "database":
             changes["database_url"] = resolve_database_url(value, base)
         elif key in _PATH_KEYS:

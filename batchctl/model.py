@@ -10,8 +10,9 @@ import enum
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Mapping
 
 from batchctl.errors import InvalidParams, UnknownExecution, UnstorableValue, UsageError
@@ -569,3 +570,48 @@ def instance_key(params: Mapping[str, Any]) -> str:
     """The job instance key: sha256 of the canonical JSON of the converted params."""
     return hashlib.sha256(canonical_json(params).encode("utf-8")).hexdigest()
 
+
+
+# -- pruning ------------------------------------------------------------------------------------
+
+_AGE = re.compile(r"(\d{1,9})([smhdw])")
+_AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_age(text: str) -> timedelta:
+    """An age as operators write it: a whole number and a unit, `90d`, `12h`, `30m`, `45s`,
+    `2w`, or several (`1d12h`). UsageError for anything else, or for an age of zero, which
+    would prune what just ended."""
+    stripped = text.strip().lower()
+    parts = _AGE.findall(stripped)
+    if not parts or "".join(f"{n}{u}" for n, u in parts) != stripped:
+        raise UsageError(f"invalid age {text!r}: write a number and a unit, e.g. 90d, 12h, 30m")
+    try:
+        age = sum((timedelta(**{_AGE_UNITS[unit]: int(number)}) for number, unit in parts), timedelta())
+    except OverflowError:
+        raise UsageError(f"invalid age {text!r}: too large") from None
+    if age <= timedelta(0):
+        raise UsageError(f"invalid age {text!r}: it must be more than zero")
+    return age
+
+
+@dataclass
+class PruneReport:
+    """What `Batch.prune` removed, or with `dry_run` would remove (then nothing was written).
+
+    `kept` counts the executions old enough to prune that were kept because a restart needs
+    them (or, UNKNOWN, a person must look at them first); `longest_transaction` is the longest
+    one batch held the repository's write lock, in seconds.
+    """
+
+    cutoff: datetime
+    dry_run: bool = False
+    executions: int = 0
+    step_executions: int = 0
+    skipped_items: int = 0
+    instances: int = 0
+    log_files: int = 0
+    kept: int = 0
+    batches: int = 0
+    longest_transaction: float = 0.0
+    problems: list[str] = field(default_factory=list)  # log files that could not be removed

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from batchctl.config import Config
@@ -30,8 +30,10 @@ from batchctl.errors import (
 from batchctl.job import Job
 from batchctl.model import (
     MAX_ID,
+    ABANDONABLE_STATUSES,
     Event,
     JobExecution,
+    PruneReport,
     SkippedItem,
     Status,
     StepExecution,
@@ -101,7 +103,8 @@ def lost_reason(
     if not execution.status.is_live:
         return None
     beat = execution.heartbeat_at or execution.created_at
-    beat_text = beat.isoformat(timespec="seconds") if beat else "never"
+    # Stored in the exit message and read on any machine: in UTC, and saying so.
+    beat_text = beat.strftime("%Y-%m-%d %H:%M:%S UTC") if beat else "never"
     where = f"pid {execution.pid} on {execution.host}" if execution.pid else "no pid recorded yet"
     if execution.pid and pid_visible(execution) and not process_alive(execution.pid):
         return f"process lost: {where} is gone (last heartbeat {beat_text})"
@@ -141,6 +144,29 @@ def _statuses(given: Sequence[Status | str]) -> list[Status]:
     return statuses
 
 
+def _remove_logs(paths: Sequence[str], problems: list[str], *, dry_run: bool) -> int:
+    """Remove the log files of pruned executions (with `dry_run`, count those that exist);
+    return how many. Called once their rows are committed gone, so a failure leaves a stray
+    file, never a row without its log; a file that cannot be removed is named in `problems`."""
+    from pathlib import Path
+
+    removed = 0
+    for name in paths:
+        path = Path(name)
+        if dry_run:
+            removed += path.is_file()
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            problems.append(f"could not remove {path}: {exc.strerror}")
+            continue
+        removed += 1
+    return removed
+
+
 def this_process() -> dict[str, Any]:
     """The host, pid and pid scope of this process, as an execution records them."""
     from batchctl.host import host_name, pid_scope
@@ -159,7 +185,7 @@ class Batch:
     execution = batch.start("eod", {"date": "2024-01-31"})
     ```
 
-    Operations: `start`, `restart`, `stop`, `abandon`, `recover_lost`; reading: `history`,
+    Operations: `start`, `restart`, `stop`, `abandon`, `recover_lost`, `prune`; reading: `history`,
     `execution`, `step_executions`, `skipped_items`, `jobs`, `job`, `workers`; `run_worker`;
     `upgrade_schema`; `close` (or use it as a context manager). Methods with a leading
     underscore are the steps these are made of and may change.
@@ -201,19 +227,18 @@ class Batch:
         """Create or migrate the repository schema (`batchctl db upgrade`); return the revision
         it is now at. DatabaseUnavailable when the database cannot be reached or written."""
         from batchctl.repository import Repository
-        from batchctl.repository.connect import is_unreachable, unavailable
+        from batchctl.repository import translate_errors
         from batchctl.repository.migrate import HEAD_REVISION, upgrade
 
         # Until the repository offers `upgrade_schema()` itself, run the migrations here on an
         # unmigrated connection (opening one normally would already migrate).
         repository = self._repository or Repository.open(self.config.database_url, migrate=False)
         try:
-            upgrade(repository.engine)
-        except Exception as exc:
+            with translate_errors(self.config.database_url):  # unreachable, a missing schema
+                upgrade(repository.engine)
+        except Exception:
             if repository is not self._repository:
                 repository.close()
-            if is_unreachable(exc):
-                raise unavailable(self.config.database_url, exc) from exc
             raise
         self._repository = repository
         return HEAD_REVISION
@@ -566,6 +591,61 @@ class Batch:
         if others:
             message += f"; live executions of {execution.job_name}: {', '.join(map(str, others))}"
         return message
+
+    # -- housekeeping -------------------------------------------------------------------------------
+
+    def prune(
+        self,
+        older_than: timedelta,
+        *,
+        keep_last: int | None = None,
+        job: str | None = None,
+        dry_run: bool = False,
+        include_restartable: bool = False,
+    ) -> PruneReport:
+        """Delete executions that ended more than `older_than` ago (of `job`, or of every
+        job), with their step executions, skipped items and log files, and the instances left
+        with no execution; with `dry_run`, count what would go and write nothing.
+
+        Never a live execution. Never the last execution of a FAILED or STOPPED instance (what
+        a restart resumes, with the executions it resumes from) nor of an UNKNOWN one (a person
+        must check it and abandon it first), unless `include_restartable`. `keep_last` keeps
+        the N newest executions of each job whatever their age. The deletes run in short
+        transactions (see repository/prune.py), so commands running meanwhile barely wait.
+        """
+        from batchctl.repository.prune import PruneRules
+
+        if older_than <= timedelta(0):
+            raise UsageError("older_than must be more than zero: it would prune what just ended")
+        if keep_last is not None and keep_last < 0:
+            raise UsageError(f"keep_last must be 0 or more, got {keep_last}")
+        if job is not None and job not in self.registry.jobs:
+            if self.repository.latest_execution(job) is None:
+                self.registry.get(job)  # UnknownJob, naming any load problems
+        try:
+            cutoff = utcnow() - older_than
+        except OverflowError:
+            raise UsageError("older_than reaches before the year 1") from None
+        rules = PruneRules(
+            cutoff=cutoff,
+            job=job,
+            keep_last=keep_last or None,
+            protect=() if include_restartable else ABANDONABLE_STATUSES,
+        )
+        report = PruneReport(cutoff=cutoff, dry_run=dry_run)
+        for batch in self.repository.prune(rules, dry_run=dry_run):
+            report.executions += batch.executions
+            report.step_executions += batch.step_executions
+            report.skipped_items += batch.skipped_items
+            report.instances += batch.instances
+            report.kept += batch.kept
+            if batch.executions:
+                report.batches += 1
+                report.longest_transaction = max(report.longest_transaction, batch.seconds)
+            report.log_files += _remove_logs(batch.log_paths, report.problems, dry_run=dry_run)
+        if dry_run:
+            report.longest_transaction = 0.0
+        return report
 
     # -- partitions and workers ---------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchctl.job import Job
-from batchctl.model import JobExecution, SkippedItem, Status, StepExecution
+from batchctl.model import JobExecution, PruneReport, SkippedItem, Status, StepExecution
 
 STATUS_STYLES = {
     Status.COMPLETED: "green",
@@ -421,6 +421,44 @@ def print_workers(workers: Sequence[Any]) -> None:
             _local(info.heartbeat_at), printable(running),
         )
     stdout.print(table)
+
+
+def prune_dict(report: PruneReport) -> dict[str, Any]:
+    """`prune --json`: the counts, the cutoff in UTC, and whether it was a dry run."""
+    return {
+        "dry_run": report.dry_run,
+        "cutoff": _iso(report.cutoff),
+        "executions": report.executions,
+        "step_executions": report.step_executions,
+        "skipped_items": report.skipped_items,
+        "instances": report.instances,
+        "log_files": report.log_files,
+        "kept_restartable": report.kept,
+        "batches": report.batches,
+        "longest_transaction": round(report.longest_transaction, 6),
+        "problems": list(report.problems),
+    }
+
+
+def print_prune(report: PruneReport) -> None:
+    """What prune removed (or would remove), its cutoff in local time, as the tables show."""
+    removed = (
+        f"{report.executions:,} execution{'' if report.executions == 1 else 's'} ended before "
+        f"{_local(report.cutoff)} ({report.step_executions:,} step executions, "
+        f"{report.skipped_items:,} skipped items, {report.instances:,} instances, "
+        f"{report.log_files:,} log files)"
+    )
+    if report.dry_run:
+        stdout.print(f"would prune {removed}; nothing was written (--dry-run)")
+    else:
+        stdout.print(f"pruned {removed} in {report.batches:,} transactions")
+    if report.kept:
+        stderr.print(
+            f"kept {report.kept:,} old execution{'' if report.kept == 1 else 's'} that a restart "
+            "needs or that await abandon (--include-restartable prunes them too)"
+        )
+    for problem in report.problems:
+        warn(f"warning: {problem}")
 
 
 def warn(message: str) -> None:

@@ -3,7 +3,7 @@
 Its modules stack one way (each imports only those before it): `tables` (the schema) <-
 `connect` (engines, driver errors translated) <- `migrate` (Alembic) <- `rows` (rows to domain
 objects) <- `base` (RepositoryBase: transactions, versioned updates, fencing) <- `partitions`
-(PartitionQueries) <- `store` (Repository).
+(PartitionQueries) and `prune` (PruneQueries, deleting old executions) <- `store` (Repository).
 """
 
 from batchctl.repository.base import Fence, settle

@@ -2,7 +2,7 @@
 versioned updates and fencing.
 
 The query classes stack on it one way: `RepositoryBase` <- `PartitionQueries` (partitions.py)
-<- `Repository` (store.py). Whatever two of them share lives here (or, when it runs no query,
+and `PruneQueries` (prune.py) <- `Repository` (store.py). Whatever two of them share lives here (or, when it runs no query,
 in rows.py), so that no class reaches up to one that derives from it.
 """
 
@@ -122,7 +122,11 @@ class RepositoryBase:
         engine = create_repository_engine(url)
         repository = cls(engine, url)
         if migrate:
-            repository._guard(lambda: ensure_schema(engine))
+            try:
+                repository._guard(lambda: ensure_schema(engine))
+            except BaseException:
+                engine.dispose()  # the caller never gets the repository to close it
+                raise
         return repository
 
     def close(self) -> None:

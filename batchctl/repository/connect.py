@@ -8,6 +8,7 @@ is locked". A read transaction is a plain deferred `BEGIN`.
 from __future__ import annotations
 
 import os
+import re
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
@@ -31,6 +32,7 @@ RETRY_ATTEMPTS = 20  # serialization failures retried before the error reaches t
 RETRY_BACKOFF = 0.01  # seconds, doubled per attempt up to RETRY_BACKOFF_MAX
 RETRY_BACKOFF_MAX = 0.5
 READ_ONLY = "batchctl_read_only"  # execution option: begin a deferred (read) transaction
+INVALID_SCHEMA_NAME = "3F000"  # Postgres: no schema of the search path exists to create in
 SQLITE_FILE_MODE = 0o600  # a new SQLite repository: readable by its owner only (it holds params)
 
 T = TypeVar("T")
@@ -44,6 +46,8 @@ def create_repository_engine(url: str, *, pool_size: int | None = None) -> Engin
         parsed = make_url(url)
     except ArgumentError:
         raise ConfigError(f"invalid database URL: {mask_url(url)}") from None
+    except ValueError as exc:  # SQLAlchemy reads the port with int()
+        raise ConfigError(f"invalid database URL {mask_url(url)}: {_url_problem(url, exc)}") from None
     if parsed.host and "@" in parsed.host:
         # An unencoded '@' in the password: the URL parser ends the password at the first '@'
         # and takes the rest for the host, which the driver would then print in its error.
@@ -64,9 +68,37 @@ def create_repository_engine(url: str, *, pool_size: int | None = None) -> Engin
     raise ConfigError(f"unsupported database {backend!r} in {mask_url(url)}: use sqlite or postgresql")
 
 
+def _url_problem(url: str, exc: ValueError) -> str:
+    """What is wrong with a URL SQLAlchemy's parser refused with a ValueError: its port."""
+    match = re.search(r"@[^/?#]*?:([^/?#]*)", url)
+    if match and not match.group(1).isdigit():
+        return f"the port {match.group(1)!r} is not a number"
+    return str(exc)
+
+
+def _check_sqlite_folder(url: str, database: str | None) -> None:
+    """A SQLite file whose folder is missing (or is a file) would fail on connecting with
+    "unable to open database file", which names neither; say which folder, before connecting."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    folder = os.path.dirname(os.path.abspath(database))
+    if os.path.isdir(folder):
+        return
+    problem = "is a file, not a folder" if os.path.exists(folder) else "does not exist: create it (mkdir -p)"
+    raise DatabaseUnavailable(
+        f"cannot reach the job repository {mask_url(url)}: its folder {folder} {problem}, "
+        "or fix the database setting"
+    )
+
+
 def _sqlite_engine(url: Any, pool: dict[str, Any]) -> Engine:
     _create_private_file(url.database)
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **pool)
+
+    @event.listens_for(engine, "do_connect")
+    def _before_connect(*_: Any) -> None:
+        # On first use, as any other unreachable database: opening a repository connects nothing.
+        _check_sqlite_folder(url.render_as_string(hide_password=True), url.database)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -181,11 +213,43 @@ def translate_errors(url: str) -> Iterator[None]:
     except DBAPIError as exc:
         if is_unreachable(exc):
             raise unavailable(url, exc) from exc
+        if getattr(exc.orig, "sqlstate", None) == INVALID_SCHEMA_NAME:
+            raise missing_schema(url) from exc
         if is_live_index_violation(exc):
             raise AlreadyRunning(
                 "this job instance is already running (started by another process)"
             ) from exc
         raise
+
+
+def missing_schema(url: str) -> ConfigError:
+    """Postgres found no schema of the search path to create the tables in: name the schema
+    the URL asks for (`options=-csearch_path=...`) and how to create it."""
+    wanted = search_path(url)
+    if wanted:
+        first = wanted.split(",")[0].strip()
+        return ConfigError(
+            f"the schema {wanted!r} of the search_path in {mask_url(url)} does not exist: "
+            f'create it (CREATE SCHEMA "{first}";) or change options=-csearch_path in the URL'
+        )
+    return ConfigError(
+        f"no schema of the search_path of {mask_url(url)} exists: create one (CREATE SCHEMA "
+        "...;) and name it in the URL with ?options=-csearch_path%3Dname"
+    )
+
+
+def search_path(url: str) -> str | None:
+    """The search_path a Postgres URL sets through `options` (`-csearch_path=x` or
+    `-c search_path=x`), or None."""
+    try:
+        options = make_url(url).query.get("options")
+    except (ArgumentError, ValueError):
+        return None
+    for option in (options,) if isinstance(options, str) else (options or ()):
+        match = re.search(r"-c\s*search_path\s*=\s*(\S+)", option)
+        if match:
+            return match.group(1)
+    return None
 
 
 def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:

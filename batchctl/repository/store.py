@@ -37,6 +37,7 @@ from batchctl.repository.events import (
 )
 from batchctl.repository.connect import translate_errors
 from batchctl.repository.partitions import PartitionQueries
+from batchctl.repository.prune import PruneQueries
 from batchctl.repository.rows import (
     column_values,
     context_json,
@@ -88,12 +89,12 @@ def _checkpoint_sql(dialect: Any, fenced: bool, owned: bool) -> str:
     return found
 
 
-class Repository(PartitionQueries):
+class Repository(PartitionQueries, PruneQueries):
     """Persists instances, executions and step executions; decides nothing.
 
     The engine, transactions, fencing and versioned updates are RepositoryBase's (base.py),
-    the partition and worker queries PartitionQueries' (partitions.py); this class adds the
-    executions' claims, writes and reads.
+    the partition and worker queries PartitionQueries' (partitions.py), pruning PruneQueries'
+    (prune.py); this class adds the executions' claims, writes and reads.
     """
 
     # -- claims ---------------------------------------------------------------------------------

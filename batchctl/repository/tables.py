@@ -151,6 +151,9 @@ job_execution = Table(
     Index("ix_job_execution_job_name_id", "job_name", "id"),
     Index("ix_job_execution_instance_id", "instance_id"),
     Index("ix_job_execution_status", "status"),
+    # Deleting an execution (prune) checks this foreign key: without the index, a table scan
+    # per deleted row.
+    Index("ix_job_execution_resumed_from", "resumed_from"),
     # At most one live execution per instance: the database's guarantee, not Python's. The
     # index is partial (WHERE LIVE_STATUS_SQL), as migration 0001 creates it; the WHERE is not
     # declared here because a `postgresql_where` would load the Postgres dialect on every

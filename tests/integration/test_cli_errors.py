@@ -284,3 +284,52 @@ def test_a_log_dir_that_is_a_file_exits_5_before_recording_anything(
     outcome = run_cli("start", "hello", "--params", '{"n": 1}', "--detach")
     assert_one_line_error(outcome, 5, f"log_dir {tmp_path / 'logs'} is not a folder")
     assert rows() == NO_ROWS
+
+
+# -- issue 10: errors that were still raw ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@h:notaport/db", "postgresql://u:secretpw@h:80x/db"])
+def test_a_port_that_is_not_a_number_exits_5(run_cli, monkeypatch, url: str) -> None:
+    """SQLAlchemy's int() of the port was an "unexpected ValueError", exit 1."""
+    monkeypatch.setenv("BATCHCTL_DATABASE_URL", url)
+    outcome = run_cli("history")
+    line = assert_one_line_error(outcome, 5, "invalid database URL", "is not a number")
+    assert "secretpw" not in line
+
+
+@pytest.mark.parametrize("command", [["history"], ["db", "upgrade"]])
+def test_a_search_path_schema_that_does_not_exist_exits_5_saying_how_to_create_it(
+    run_cli, monkeypatch, postgres_admin, command: list[str]
+) -> None:
+    """Postgres' "no schema has been selected to create in" was a raw ProgrammingError, exit 1."""
+    from tests.conftest import postgres_schema_url
+
+    monkeypatch.setenv("BATCHCTL_DATABASE_URL", postgres_schema_url("nope_batchctl_missing"))
+    outcome = run_cli(*command)
+    assert_one_line_error(
+        outcome, 5, "schema 'nope_batchctl_missing'", "does not exist",
+        'CREATE SCHEMA "nope_batchctl_missing"',
+    )
+
+
+def test_a_sqlite_file_in_a_missing_folder_names_the_folder(run_cli, monkeypatch, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder"
+    monkeypatch.setenv("BATCHCTL_DATABASE_URL", f"sqlite:///{missing / 'repo.db'}")
+    outcome = run_cli("history")
+    assert_one_line_error(outcome, 5, f"its folder {missing} does not exist", "mkdir -p")
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("key", ["heartbeat_timeout", "heartbeat_interval"])
+def test_a_number_written_as_a_toml_string_exits_5(run_cli, monkeypatch, tmp_path: Path, key: str) -> None:
+    """`heartbeat_timeout = "60"` was read as 60; the file's other type errors are refused."""
+    (tmp_path / "config.toml").write_text(f'[batchctl]\n{key} = "60"\n')
+    outcome = run_cli("history")
+    assert_one_line_error(outcome, 5, f"batchctl.{key}", "must be a number of seconds",
+                          "got the string '60'")
+
+
+def test_the_environment_still_gives_numbers_as_text(run_cli, monkeypatch) -> None:
+    monkeypatch.setenv("BATCHCTL_HEARTBEAT_TIMEOUT", "60")
+    assert run_cli("history").code == 0

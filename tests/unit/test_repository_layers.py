@@ -14,7 +14,9 @@ import batchctl.repository
 
 PACKAGE = Path(batchctl.repository.__file__).parent
 # Lowest first: a module may import only modules before it.
-LAYERS = ["tables", "connect", "migrate", "rows", "events", "base", "partitions", "store"]
+LAYERS = [
+    "tables", "connect", "migrate", "rows", "events", "base", "partitions", "prune", "store",
+]
 
 
 def repository_imports(module: str) -> set[str]:
@@ -63,3 +65,8 @@ def test_store_keeps_exporting_what_others_import_from_it() -> None:
     from batchctl.repository.store import taken_over_message
 
     assert "taken over" in taken_over_message(7, "FAILED", "lost\nmore")
+
+
+def test_prune_stacks_on_the_base_alone() -> None:
+    """Pruning needs no partition query: it sits beside partitions.py, not on it."""
+    assert "partitions" not in repository_imports("prune")
