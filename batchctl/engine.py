@@ -303,7 +303,7 @@ class JobRunner:
         status, message = runner.run(self.job.listeners)
         ended = runner.finish(status, message)
         self.observers.step_ended(ended)
-        log.info("step %s %s", step.name, status.value)
+        log.info("step %s %s", step.name, ended.status.value)
         return ended
 
     def _runner(self, step: Step, ctx: StepContext, step_execution: StepExecution) -> StepRunner:
