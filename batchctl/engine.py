@@ -296,6 +296,7 @@ class JobRunner:
             step_execution_id=step_execution.id,
             stop_event=self.tracker.stop_event,
             database=self.repository.engine,
+            project_dir=self.config.project_dir if self.config is not None else None,
         )
         self.observers.step_started(step_execution)
         log.info("step %s started", step.name)
