@@ -17,7 +17,7 @@ from __future__ import annotations
 from batchctl.items.csvfile import CsvReader, CsvWriter
 from batchctl.items.jsonl import JsonLinesReader, JsonLinesWriter
 from batchctl.items.paths import resolve_path
-from batchctl.items.sql import SqlReader, SqlWriter
+from batchctl.items.sql import SqlReader, SqlReaderError, SqlWriter
 
 __all__ = [
     "CsvReader",
@@ -25,6 +25,7 @@ __all__ = [
     "JsonLinesReader",
     "JsonLinesWriter",
     "SqlReader",
+    "SqlReaderError",
     "SqlWriter",
     "resolve_path",
 ]

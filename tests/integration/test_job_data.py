@@ -1,13 +1,15 @@
-"""A tasklet's own SQL through `ctx.connection` (issue 10), on SQLite and Postgres.
+"""A job's own data (issue 10), on SQLite and Postgres: a tasklet's SQL through
+`ctx.connection`, and what SqlReader binds.
 
 A generator tasklet's SQL commits with each checkpoint and a plain tasklet's with the step's
 COMPLETED record, fenced like every write of the engine; a failure rolls it back. The crash of
-a real process (kill -9) is in tests/acceptance/test_job_data.py; here the failures are in the
-process.
+a real process (kill -9) and paths from another folder are in tests/acceptance/test_job_data.py;
+here the failures are in the process.
 """
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any, Iterator
 
 import pytest
@@ -15,7 +17,7 @@ from sqlalchemy import text
 
 from batchctl import Job, StepContext, StepExecution
 from batchctl.config import Config
-from batchctl.items import SqlWriter
+from batchctl.items import SqlReader, SqlWriter
 from batchctl.model import JobExecution, Status
 from batchctl.operator import Batch
 
@@ -229,3 +231,58 @@ def test_ctx_connection_is_none_outside_the_tasklet(batch: Batch) -> None:
 
     assert execution.status == Status.COMPLETED
     assert seen == [None, True]
+
+
+def entries_job(query: str, seen: list[Any]) -> Job:
+    """A day's entries in a TEXT column, read back by `query` with the `date` param bound."""
+    job = Job("entries", params={"date": date})
+
+    @job.tasklet
+    def create(ctx: StepContext) -> None:
+        ctx.connection.execute(text("CREATE TABLE entries (id INTEGER PRIMARY KEY, day TEXT)"))
+        ctx.connection.execute(
+            text("INSERT INTO entries (id, day) VALUES (1, '2024-01-31'), (2, '2024-02-01')")
+        )
+
+    job.chunk_step(
+        "read",
+        reader=SqlReader(query, key="id"),
+        writer=lambda items, ctx: seen.extend(item["id"] for item in items),
+        size=10,
+    )
+    return job
+
+
+def test_a_date_param_bound_against_a_text_column_names_what_was_bound_when_refused(
+    batch: Batch,
+) -> None:
+    """SQLite compares the date's ISO text; Postgres has no text = date operator. The refusal
+    is one line naming the param, its Python type and its value."""
+    seen: list[Any] = []
+    job = entries_job("SELECT * FROM entries WHERE day = :date", seen)
+
+    execution = batch.start(job, {"date": "2024-01-31"})
+
+    if batch.repository.dialect == "sqlite":
+        assert execution.status == Status.COMPLETED, execution.exit_message
+        assert seen == [1]
+        return
+    assert execution.status == Status.FAILED
+    [step] = [s for s in batch.step_executions(execution.id) if s.name == "read"]
+    first_line = (step.exit_message or "").splitlines()[0]
+    assert first_line.startswith("SqlReaderError: SqlReader query refused by the database")
+    assert "operator does not exist: text = date" in first_line
+    assert ":date = datetime.date(2024, 1, 31) (date)" in first_line
+    assert "CAST(:date AS text)" in first_line
+
+
+def test_a_cast_in_the_query_reads_a_date_param_against_text_on_both_databases(
+    batch: Batch,
+) -> None:
+    seen: list[Any] = []
+    job = entries_job("SELECT * FROM entries WHERE day = CAST(:date AS TEXT)", seen)
+
+    execution = batch.start(job, {"date": "2024-02-01"})
+
+    assert execution.status == Status.COMPLETED, execution.exit_message
+    assert seen == [2]
