@@ -77,12 +77,12 @@ class ChunkRunner(StepRunner):
         self.pending: list[SkippedItem] = []  # this chunk's read and process skips
         self.total: int | None = None
         self.records: list[str] | None = None  # column names when items travel as tuples
-        self.connection: Any = None  # held for the step's commits (see chunk_connection)
+        self.connection: Any = None  # held for the step's commits (see step_connection)
 
     # -- the runner interface ----------------------------------------------------------------
 
     def execute(self) -> Status:
-        self.connection = self.repository.chunk_connection()
+        self.connection = self.repository.step_connection()
         try:
             return self._open_and_run()
         except _ChunkFailed as failed:
@@ -296,7 +296,7 @@ class ChunkRunner(StepRunner):
             return ChunkCommit(changes, skipped)
 
         if self.connection is None:
-            self.connection = self.repository.chunk_connection()
+            self.connection = self.repository.step_connection()
         if writer.transactional:
             commit: ChunkCommit | None = None
 

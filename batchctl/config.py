@@ -28,6 +28,7 @@ from batchctl.defaults import (
     ENV_HEARTBEAT_TIMEOUT,
     ENV_JOBS_DIR,
     ENV_LOG_DIR,
+    ENV_PROJECT_DIR,
     MAX_SECONDS,
 )
 from batchctl.errors import ConfigError
@@ -46,7 +47,14 @@ SCHEDULES_KEY = "schedules"  # [batchctl.schedules.NAME] tables, read by batchct
 
 @dataclass(frozen=True)
 class Config:
-    """Where the repository is, where jobs and logs live, and how often executions heartbeat."""
+    """Where the repository is, where jobs and logs live, and how often executions heartbeat.
+
+    `project_dir` is what every relative path is relative to: the config file's folder, or
+    the current folder when there is none (or BATCHCTL_PROJECT_DIR, which is how a detached
+    or worker process, started without the file, learns it). Steps see it as
+    `ctx.project_dir`, and the built-in items resolve their relative paths against it, so
+    that a job reads and writes the same files from cron, from another folder or a service.
+    """
 
     database_url: str
     jobs_dir: Path
@@ -54,6 +62,7 @@ class Config:
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
     source: Path | None = None
+    project_dir: Path = field(default_factory=Path.cwd)
     schedules: Mapping[str, Any] = field(default_factory=dict, hash=False)  # raw tables
 
     @classmethod
@@ -77,6 +86,9 @@ class Config:
         config = _apply(config, _from_env(env), cwd, "environment")
         overrides = {"database": database_url, "jobs_dir": jobs_dir}
         config = _apply(config, {k: v for k, v in overrides.items() if v is not None}, cwd, "option")
+        project_dir = env.get(ENV_PROJECT_DIR)
+        if project_dir:
+            config = replace(config, project_dir=(cwd / Path(project_dir).expanduser()).resolve())
         return _check_heartbeat(config)
 
     @property
@@ -174,6 +186,7 @@ def _from_values(values: Mapping[str, Any], base: Path, file: Path | None) -> Co
         jobs_dir=base / DEFAULT_JOBS_DIR,
         log_dir=base / DEFAULT_LOG_DIR,
         source=file,
+        project_dir=base.resolve(),
     )
     return _apply(config, values, base, str(file))
 

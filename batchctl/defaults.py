@@ -31,6 +31,7 @@ ENV_JOBS_DIR = "BATCHCTL_JOBS_DIR"
 ENV_LOG_DIR = "BATCHCTL_LOG_DIR"
 ENV_HEARTBEAT_INTERVAL = "BATCHCTL_HEARTBEAT_INTERVAL"
 ENV_HEARTBEAT_TIMEOUT = "BATCHCTL_HEARTBEAT_TIMEOUT"
+ENV_PROJECT_DIR = "BATCHCTL_PROJECT_DIR"  # what relative paths in items are relative to
 
 # -- processes batchctl starts --------------------------------------------------------------------------
 

@@ -296,6 +296,7 @@ class JobRunner:
             step_execution_id=step_execution.id,
             stop_event=self.tracker.stop_event,
             database=self.repository.engine,
+            project_dir=self.config.project_dir if self.config is not None else None,
         )
         self.observers.step_started(step_execution)
         log.info("step %s started", step.name)
@@ -303,7 +304,7 @@ class JobRunner:
         status, message = runner.run(self.job.listeners)
         ended = runner.finish(status, message)
         self.observers.step_ended(ended)
-        log.info("step %s %s", step.name, status.value)
+        log.info("step %s %s", step.name, ended.status.value)
         return ended
 
     def _runner(self, step: Step, ctx: StepContext, step_execution: StepExecution) -> StepRunner:

@@ -90,6 +90,7 @@ class ThreadExecutor:
                 heartbeat_interval=work.config.heartbeat_interval,
                 heartbeat_timeout=work.config.heartbeat_timeout,
                 exit_when_idle=True,
+                project_dir=work.config.project_dir,
             )
             for _ in range(work.workers)
         ]

@@ -9,12 +9,14 @@ from __future__ import annotations
 import enum
 import inspect
 import logging
+import os
 import warnings
 from difflib import get_close_matches
 import re
 import sys
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
@@ -153,8 +155,12 @@ class StepContext:
     `yield`, a chunk's commit) and handed back on restart. `job_context` is shared by all steps
     of the job execution and saved after each step.
 
-    `connection` is the repository database's connection inside a chunk's write: what a writer
-    writes through it commits in one transaction with the chunk's checkpoint (None elsewhere).
+    `connection` is the repository database's SQLAlchemy connection while a tasklet runs and
+    inside a chunk's write (None elsewhere): what a tasklet runs through it commits with its
+    next checkpoint (a generator's `yield`) or with the step's completion (a plain tasklet),
+    what a writer writes with the chunk's checkpoint; a failure rolls it back.
+    `project_dir` is the folder relative paths are relative to (the config file's folder):
+    the built-in items resolve theirs against it, and a step's own files may too.
     `database` is the repository database's SQLAlchemy engine, for readers of that database
     (named so that it is not read as batchctl's engine; `engine` is its deprecated alias).
     """
@@ -171,6 +177,7 @@ class StepContext:
         step_execution_id: int,
         stop_event: threading.Event,
         database: Any = None,
+        project_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.job_name = job_name
         self.step_name = step_name
@@ -184,6 +191,7 @@ class StepContext:
         self.database = database
         self.connection: Any = None
         self.partition: dict[str, Any] | None = None  # a partition's context, from the partitioner
+        self.project_dir = Path(project_dir) if project_dir is not None else Path.cwd()
 
     @property
     def engine(self) -> Any:

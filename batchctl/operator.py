@@ -682,6 +682,7 @@ class Batch:
             heartbeat_timeout=self.config.heartbeat_timeout,
             exit_when_idle=exit_when_idle,
             poll_interval=poll_interval,
+            project_dir=self.config.project_dir,
         )
         return run_worker(worker)
 

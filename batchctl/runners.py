@@ -7,39 +7,87 @@ A new kind of step is a StepKind, a StepRunner subclass and one entry in RUNNERS
 from __future__ import annotations
 
 import copy
+import logging
+from typing import Any, Callable
 
 from batchctl.chunk import ChunkRunner
-from batchctl.job import Step, StepKind
+from batchctl.errors import FENCED, CommitUnknown
+from batchctl.job import Step, StepContext, StepKind
 from batchctl.model import Status
-from batchctl.steps import StepRunner
+from batchctl.steps import StepRunner, close_quietly, describe_exception
+
+log = logging.getLogger(__name__)
 
 
 class TaskletRunner(StepRunner):
-    """Runs one tasklet step; a generator tasklet checkpoints `ctx.state` at every yield."""
+    """Runs one tasklet step; a generator tasklet checkpoints `ctx.state` at every yield.
+
+    The tasklet's own SQL goes through `ctx.connection`, a connection to the repository's
+    database held for the step. Its transaction begins at the tasklet's first statement (on
+    SQLite a BEGIN IMMEDIATE, so the write lock is held from there) and commits with the
+    step's record: a generator tasklet's at each checkpoint, in the checkpoint's transaction;
+    a plain tasklet's with the step's COMPLETED end (StepRunner.finish). Both are fenced like
+    every write of the engine, so the rows and the record of the work that made them commit
+    together: exactly once across a crash and a restart. A tasklet that fails, or a step that
+    does not complete, rolls its uncommitted SQL back.
+    """
 
     def execute(self) -> Status:
         tasklet = self.step.tasklet
         assert tasklet is not None, "a tasklet step needs its function"
+        connection = self.repository.step_connection()
+        self.ctx.connection = connection
+        try:
+            status = self._run(tasklet, connection)
+        except BaseException:
+            close_quietly(connection, self.step.name)  # rolls the uncommitted SQL back
+            raise
+        finally:
+            self.ctx.connection = None
+        if status == Status.COMPLETED and connection.in_transaction():
+            self.uncommitted = connection  # finish() commits it with the step's end
+        else:
+            close_quietly(connection, self.step.name)
+        return status
+
+    def _run(self, tasklet: Callable[[StepContext], Any], connection: Any) -> Status:
         if not self.step.is_generator:
             tasklet(self.ctx)
             return Status.COMPLETED
         generator = tasklet(self.ctx)
         try:
             for _ in generator:
-                self._checkpoint()
+                self._checkpoint(connection)
                 if self.ctx.stop_requested:
                     return Status.STOPPED
         finally:
             generator.close()
         return Status.COMPLETED
 
-    def _checkpoint(self) -> None:
-        self.step_execution = self.repository.update_step_execution(
+    def _checkpoint(self, connection: Any) -> None:
+        """Save `ctx.state` and commit the tasklet's SQL since the last checkpoint with it."""
+        self.step_execution = self.repository.commit_step(
             self.step_execution,
-            context=copy.deepcopy(self.ctx.state),
-            commit_count=self.step_execution.commit_count + 1,
+            {
+                "context": copy.deepcopy(self.ctx.state),
+                "commit_count": self.step_execution.commit_count + 1,
+            },
+            connection=connection,
         )
         self.observers.step_checkpoint(self.step_execution)
+
+    def failed(self, exc: BaseException, message: str | None = None) -> tuple[Status, str]:
+        """A checkpoint whose COMMIT failed may or may not be in the repository: UNKNOWN (the
+        step row is re-read for its version); any other failure is FAILED."""
+        if not isinstance(exc, CommitUnknown):
+            return super().failed(exc, message)
+        try:
+            self.step_execution = self.repository.step_execution(self.step_execution.id)
+        except FENCED:
+            raise
+        except Exception:
+            log.warning("could not re-read step execution %s", self.step_execution.id, exc_info=True)
+        return Status.UNKNOWN, message or describe_exception(exc)
 
 
 RUNNERS: dict[StepKind, type[StepRunner]] = {

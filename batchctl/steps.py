@@ -8,18 +8,23 @@ and an entry in batchctl.runners' table (Spring Batch's AbstractStep and its sub
 
 from __future__ import annotations
 
+import logging
 import traceback
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 from batchctl.defaults import EXIT_MESSAGE_LIMIT
-from batchctl.errors import FENCED
+from batchctl.errors import FENCED, CommitUnknown
 from batchctl.host import describe_exit
 from batchctl.job import Step, StepContext, listener_calls
 from batchctl.model import Status, StepExecution, storable_json, unstorable_reason, utcnow
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from batchctl.repository import Repository
+
+log = logging.getLogger(__name__)
 
 
 class Observer(Protocol):
@@ -98,6 +103,9 @@ class StepRunner:
         self.repository = repository
         self.observers = observers
         self.listeners: list[Any] = []
+        # A connection whose open transaction holds the step's own SQL, for `finish` to commit
+        # with the step's COMPLETED record (or roll back): a plain tasklet's `ctx.connection`.
+        self.uncommitted: Connection | None = None
 
     def execute(self) -> Status:
         raise NotImplementedError
@@ -143,17 +151,51 @@ class StepRunner:
 
     def finish(self, status: Status, message: str) -> StepExecution:
         """Record the step's (or partition's) end. One that did not complete keeps its last
-        checkpoint, so that a restart resumes there."""
-        context = dict(self.ctx.state) if status == Status.COMPLETED else self.step_execution.context
+        checkpoint, so that a restart resumes there.
+
+        When the step left SQL uncommitted on its connection (`self.uncommitted`: a plain
+        tasklet's work through `ctx.connection`), a COMPLETED end commits it in the same
+        transaction as the step's record, fenced like every step write; any other end rolls
+        it back first. A commit that fails ends the step FAILED, or UNKNOWN when the COMMIT
+        itself failed and nobody can tell whether the work was committed.
+        """
+        held, self.uncommitted = self.uncommitted, None
+        if held is not None:
+            try:
+                if status == Status.COMPLETED:
+                    try:
+                        self.step_execution = self.repository.commit_step(
+                            self.step_execution, self._ending(status, message), connection=held
+                        )
+                        return self.step_execution
+                    except FENCED:
+                        raise
+                    except CommitUnknown as exc:
+                        status, message = Status.UNKNOWN, describe_exception(exc)
+                    except Exception as exc:
+                        status = Status.FAILED
+                        message = f"the step's SQL could not be committed: {describe_exception(exc)}"
+            finally:
+                # Rolled back (if not committed) and closed before the end is recorded on
+                # another connection: on SQLite that one would wait for the lock this one holds.
+                close_quietly(held, self.step.name)
+            if status == Status.UNKNOWN:  # the commit may have gone through: learn the version
+                self.step_execution = self.repository.step_execution(self.step_execution.id)
         self.step_execution = self.repository.update_step_execution(
-            self.step_execution,
-            status=status,
-            exit_code=status.value,
-            exit_message=message or None,
-            ended_at=utcnow(),
-            context=context,
+            self.step_execution, **self._ending(status, message)
         )
         return self.step_execution
+
+    def _ending(self, status: Status, message: str) -> dict[str, Any]:
+        """What a step's end records."""
+        context = dict(self.ctx.state) if status == Status.COMPLETED else self.step_execution.context
+        return {
+            "status": status,
+            "exit_code": status.value,
+            "exit_message": message or None,
+            "ended_at": utcnow(),
+            "context": context,
+        }
 
 
 def unsaveable(ctx: StepContext) -> str | None:
@@ -178,6 +220,15 @@ def call_listeners(listeners: list[Any], method: str, *args: Any) -> str | None:
         except Exception as exc:
             return describe_exception(exc)
     return None
+
+
+def close_quietly(connection: Any, step: str) -> None:
+    """Close a step's connection (rolling back what it did not commit); a failure to close is
+    only logged: the connection is discarded either way."""
+    try:
+        connection.close()
+    except Exception:
+        log.warning("closing the connection of step %s failed", step, exc_info=True)
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from batchctl.defaults import IDLE_SLICE, STOP_POLL_INTERVAL, WORKER_POLL_INTERVAL
@@ -57,6 +58,7 @@ class Worker:
         heartbeat_timeout: float,
         exit_when_idle: bool = False,
         poll_interval: float = WORKER_POLL_INTERVAL,
+        project_dir: Path | None = None,
     ) -> None:
         self.repository = repository
         self.resolve_job = resolve_job
@@ -66,6 +68,7 @@ class Worker:
         self.heartbeat_timeout = heartbeat_timeout
         self.exit_when_idle = exit_when_idle
         self.poll_interval = poll_interval
+        self.project_dir = project_dir  # what the partitions' relative paths are relative to
         self.shutdown = threading.Event()
         self.host = host_name()
         self.pid = os.getpid()
@@ -241,6 +244,7 @@ class ClaimedPartition:
             step_execution_id=self.partition.id,
             stop_event=self.stop_event,
             database=self.repository.engine,
+            project_dir=self.worker.project_dir,
         )
         ctx.partition = dict(self.partition.partition or {})
         return ctx

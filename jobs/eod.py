@@ -36,7 +36,7 @@ LEDGER = (
 
 
 def _paths(ctx: StepContext) -> tuple[Path, Path, Path]:
-    out = Path(ctx.params["out_dir"])
+    out = ctx.project_dir / ctx.params["out_dir"]  # relative to config.toml's folder, as the items' paths
     day = ctx.params["date"].strftime("%Y%m%d")
     return out / f"entries-{day}.csv", out / "ledger.db", out / f"balances-{day}.csv"
 

@@ -52,6 +52,42 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+class SqlReaderError(Exception):
+    """The database refused a query of a SqlReader that binds values: the message names each
+    bound value with its Python type, since a param binds as its type (a `date` param as a
+    date), which one database accepts where another refuses it."""
+
+
+# SQLSTATEs of a bound value the database would not take as it is: no operator for its type,
+# a type mismatch, a value that does not parse as the column's type, an undeterminable type.
+_TYPE_REFUSALS = ("42883", "42804", "42P18", "22P02", "22007", "22008", "22003")
+_BIND_VALUE_LIMIT = 80  # characters of a bound value's repr shown in the error
+
+
+def refused_binds(binds: Mapping[str, Any], exc: Any) -> str:
+    """One line: the database's reason, and every bound value with its Python type; with a hint
+    to cast when the reason is the type of a value."""
+    lines = str(getattr(exc, "orig", exc)).strip().splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    shown = ", ".join(
+        f":{name} = {_short_repr(value)} ({type(value).__name__})" for name, value in binds.items()
+    )
+    message = f"SqlReader query refused by the database ({reason}) with binds {shown}"
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if sqlstate in _TYPE_REFUSALS or "binding parameter" in reason.lower():
+        first = next(iter(binds))
+        message += (
+            f"; a param binds as its Python type: cast it in the query "
+            f"(CAST(:{first} AS text)) or pass params= with the value to bind"
+        )
+    return message
+
+
+def _short_repr(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= _BIND_VALUE_LIMIT else shown[: _BIND_VALUE_LIMIT - 3] + "..."
+
+
 class SqlReader:
     """Reads a table or a query page by page, in the order of `key`, resuming after the last
     committed key on restart (keyset pagination: no offset scans, no item read twice).
@@ -130,12 +166,19 @@ class SqlReader:
         return int(self._query(lambda c: c.execute(self._count, self._binds).scalar_one()))
 
     def _query(self, work: Callable[[Any], Any]) -> Any:
-        from batchctl.repository.connect import READ_ONLY
+        from sqlalchemy.exc import DBAPIError
 
-        with self._engine.connect() as connection:
-            connection.execution_options(**{READ_ONLY: True})
-            with connection.begin():
-                return work(connection)
+        from batchctl.repository.connect import READ_ONLY, is_unreachable
+
+        try:
+            with self._engine.connect() as connection:
+                connection.execution_options(**{READ_ONLY: True})
+                with connection.begin():
+                    return work(connection)
+        except DBAPIError as exc:
+            if not self._binds or is_unreachable(exc):
+                raise
+            raise SqlReaderError(refused_binds(self._binds, exc)) from exc
 
     def _fetch(self, size: int) -> None:
         limit = max(self.page_size, size)

@@ -368,7 +368,7 @@ class Repository(PartitionQueries, PruneQueries):
         write through the repository's own database there) returns the step's `changes`
         (counters, context) and the chunk's skipped items; then the skipped items and the
         changes, conditional on the step's version (and the fence). On the `connection` of
-        `chunk_connection()` when given, else on one from the pool.
+        `step_connection()` when given, else on one from the pool.
 
         A `repeatable` transaction is retried where the database asks; otherwise never (the
         work may not be repeatable): the error reaches the caller with everything rolled back.
@@ -409,9 +409,52 @@ class Repository(PartitionQueries, PruneQueries):
                 run()
         return replace(step, **committed, version=step.version + 1)
 
-    def chunk_connection(self) -> Connection:
-        """A connection for a chunk step to hold while it runs, for `commit_chunk`: no pool
-        checkout per chunk, and on Postgres no pre-ping round trip per chunk. Close it after."""
+    def commit_step(
+        self, step: StepExecution, changes: dict[str, Any], *, connection: Connection
+    ) -> StepExecution:
+        """Write: the step's `changes` (a tasklet's checkpoint, or a step's end) on `connection`,
+        in the transaction that holds the SQL the step ran there through `ctx.connection`, or in
+        a new one when it ran none: the step's own SQL and its record commit together, or
+        neither does. The update is conditional on the step's version and the fence, in the
+        same statement, like every step write; a failure rolls everything back.
+
+        A transaction that holds the step's SQL is never retried (that SQL cannot be run again:
+        the error reaches the caller with it rolled back); an empty one is, where the database
+        asks. When the COMMIT itself fails the outcome is unknown: CommitUnknown.
+        """
+        if "context" in changes:
+            context_json(changes["context"])
+        holds_work = connection.in_transaction()
+
+        def run() -> StepExecution:
+            transaction = connection.get_transaction() if holds_work else None
+            if transaction is None:
+                transaction = connection.begin()
+            try:
+                updated = self._update_step(connection, step, changes)
+            except BaseException:
+                transaction.rollback()
+                raise
+            try:
+                transaction.commit()
+            except DBAPIError as exc:
+                raise CommitUnknown(
+                    f"the commit of step execution {step.id} failed; it may or may not have "
+                    f"been committed: {exc.orig}"
+                ) from exc
+            return updated
+
+        if holds_work:
+            with translate_errors(self.url):
+                return run()
+        return self._guard(run)
+
+    def step_connection(self) -> Connection:
+        """A connection for a step to hold while it runs: a chunk step's for `commit_chunk`
+        (no pool checkout per chunk, and on Postgres no pre-ping round trip per chunk), a
+        tasklet's as `ctx.connection` for `commit_step`. It begins no transaction until its
+        first statement (on SQLite a BEGIN IMMEDIATE: the write lock is taken then, and held
+        until the commit). Close it after."""
         return self.engine.connect()
 
     def _checkpoint(self, connection: Connection, step: StepExecution, changes: dict[str, Any]) -> None:

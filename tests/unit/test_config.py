@@ -291,3 +291,39 @@ def test_mask_url_hides_a_password_with_an_at_sign_inside_a_message() -> None:
 def test_the_displayed_database_url_is_masked(tmp_path: Path) -> None:
     config = Config.load(database_url="postgresql://u:hunter2@h/d", env={}, cwd=tmp_path)
     assert config.display_database_url == "postgresql://u:***@h/d"
+
+
+# -- the project directory -----------------------------------------------------------------------
+
+
+def test_the_project_directory_is_the_config_files_folder_or_the_current_one(tmp_path: Path) -> None:
+    """Relative paths of a job's items are relative to it (see batchctl.items.paths)."""
+    project = tmp_path / "project"
+    write_config(project, "[batchctl]\n")
+    elsewhere = tmp_path / "elsewhere" / "deeper"
+    elsewhere.mkdir(parents=True)
+
+    below = project / "sub"
+    below.mkdir()
+
+    assert Config.load(project / "config.toml", env={}, cwd=elsewhere).project_dir == project.resolve()
+    assert Config.load(env={}, cwd=below).project_dir == project.resolve()  # found in a parent
+    assert Config.load(env={}, cwd=elsewhere).project_dir == elsewhere  # no file: the current one
+
+
+def test_batchctl_project_dir_sets_it_for_processes_started_without_the_file(tmp_path: Path) -> None:
+    """A detached or worker process gets the resolved configuration through its environment,
+    the project directory with the rest."""
+    from batchctl.launcher import child_env
+
+    project = tmp_path / "project"
+    write_config(project, "[batchctl]\n")
+    parent = Config.load(project / "config.toml", env={}, cwd=tmp_path)
+    env = child_env(parent)
+    assert env["BATCHCTL_PROJECT_DIR"] == str(project.resolve())
+    assert "BATCHCTL_CONFIG" not in env
+
+    child = Config.load(env=env, cwd=tmp_path)
+    assert child.source is None and child.project_dir == project.resolve()
+    relative = Config.load(env={"BATCHCTL_PROJECT_DIR": "project"}, cwd=tmp_path)
+    assert relative.project_dir == project.resolve()

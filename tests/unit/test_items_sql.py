@@ -84,3 +84,30 @@ def test_transactional_writer_needs_the_chunk_connection(engine):
     writer.open(ctx(engine), {})
     with pytest.raises(RuntimeError, match="ctx.connection"):
         writer.write([{"id": 1}])
+
+
+def test_a_refused_bind_is_one_line_naming_each_bound_value_and_its_type(engine) -> None:
+    """A value SQLite cannot bind (a dict) fails the read with what was bound, not a raw
+    driver error; a query without binds fails with the driver's error as it is."""
+    from batchctl.items import SqlReaderError
+
+    reader = SqlReader("SELECT * FROM t WHERE grp = :grp", key="id", params={"grp": {"a": 1}})
+    reader.open(ctx(engine), {})
+    with pytest.raises(SqlReaderError) as raised:
+        read_all(reader)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert ":grp = {'a': 1} (dict)" in message and "a param binds as its Python type" in message
+
+    missing = SqlReader("SELECT * FROM nowhere", key="id")
+    missing.open(ctx(engine), {})
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        read_all(missing)
+
+
+def test_a_long_bound_value_is_cut_in_the_message() -> None:
+    from batchctl.items.sql import refused_binds
+
+    message = refused_binds({"ids": list(range(100))}, ValueError("refused"))
+    assert message.startswith("SqlReader query refused by the database (refused) with binds :ids = [0, 1,")
+    assert "...] (list)" not in message and "... (list)" in message
