@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from batchctl.config import Config
 from batchctl.defaults import STOP_WAIT_POLL
+from batchctl.firing import ScheduleOperations
 from batchctl.errors import (
     AlreadyComplete,
     AlreadyRunning,
@@ -151,7 +152,7 @@ def this_process() -> dict[str, Any]:
 # -- the API --------------------------------------------------------------------------------------
 
 
-class Batch:
+class Batch(ScheduleOperations):
     """Run and inspect jobs: the one facade that the CLI, the Python API and every trigger call.
 
     ```
@@ -161,7 +162,9 @@ class Batch:
 
     Operations: `start`, `restart`, `stop`, `abandon`, `recover_lost`; reading: `history`,
     `execution`, `step_executions`, `skipped_items`, `jobs`, `job`, `workers`; `run_worker`;
-    `upgrade_schema`; `close` (or use it as a context manager). Methods with a leading
+    `upgrade_schema`; `close` (or use it as a context manager). Schedules (firing.py):
+    `schedules`, `schedule`, `schedule_states`, `fire`, `launch_pending_fires`,
+    `pause_schedule`, `resume_schedule`, `trigger_schedule`. Methods with a leading
     underscore are the steps these are made of and may change.
     """
 
@@ -319,8 +322,10 @@ class Batch:
         *,
         detach: bool = False,
         trigger: Trigger | None = None,
+        also: Callable[[Any, JobExecution], None] | None = None,
     ) -> tuple[JobExecution, Job]:
-        """Record a STARTING execution for `start` without running it."""
+        """Record a STARTING execution for `start` without running it; `also(connection,
+        execution)` runs in the same transaction (a schedule's fire)."""
         if detach:
             self._prepare_log_dir()
         found = job if isinstance(job, Job) else self.job(job)
@@ -334,6 +339,7 @@ class Batch:
             start_rule,
             process=None if detach else this_process(),
             trigger=trigger,
+            also=also,
         )
         return execution, found
 

@@ -20,6 +20,10 @@ PUBLIC = {
     "start", "restart", "stop", "abandon", "recover_lost", "history", "execution",
     "step_executions", "skipped_items", "jobs", "job", "workers", "run_worker",
     "upgrade_schema", "close", "from_config", "config", "repository", "registry", "events",
+    # schedules (firing.py)
+    "schedules", "schedule", "schedule_states", "last_scheduled_fires", "pause_schedule",
+    "resume_schedule", "trigger_schedule", "fire", "skip_fire", "launch_pending_fires",
+    "register_service", "service_heartbeat", "retire_service",
 }
 
 
