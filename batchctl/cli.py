@@ -341,7 +341,16 @@ def jobs(ctx: typer.Context, as_json: JsonOption = False) -> None:
 @app.command("schedules")
 def schedules_(
     ctx: typer.Context,
-    name: Annotated[Optional[str], typer.Argument(help="One schedule: list its next fires.")] = None,
+    name: Annotated[
+        Optional[str],
+        typer.Argument(metavar="[NAME | pause NAME | resume NAME | trigger NAME]",
+                       help="One schedule: list its next fires; or pause, resume or trigger "
+                       "(fire now) the schedule NAME."),
+    ] = None,
+    target: Annotated[
+        Optional[str],
+        typer.Argument(hidden=True, help="The schedule of pause, resume or trigger."),
+    ] = None,
     count: Annotated[
         Optional[int], typer.Option("--next", "-n", min=1, help="With NAME: how many fires (5).")
     ] = None,
@@ -352,13 +361,25 @@ def schedules_(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Schedules and their next fire; with NAME, its next fires and their params (writes nothing)."""
+    """Schedules, their next and last fire; NAME: its next fires and params (writes nothing);
+    pause NAME, resume NAME, trigger NAME."""
     from batchctl import render
     from batchctl.errors import UsageError
     from batchctl.model import utcnow
     from batchctl.schedules import find_schedule, load_schedules, next_fires, parse_instant
     from batchctl.schedules import output, time_zone
+    from batchctl.schedules.loading import RESERVED_NAMES as SCHEDULE_ACTIONS
 
+    if name in SCHEDULE_ACTIONS:
+        if target is None:
+            raise UsageError(f"schedules {name} needs a schedule NAME")
+        if count is not None or after is not None:
+            raise UsageError(f"--next and --after do not go with schedules {name}")
+        _schedule_action(_batch(ctx), name, target, as_json=as_json)
+        return
+    if target is not None:
+        raise UsageError(f"unexpected argument {target!r} (one of {', '.join(SCHEDULE_ACTIONS)} "
+                         "takes a NAME)")
     if name is None and (count is not None or after is not None):
         raise UsageError("--next and --after need a schedule NAME")
     batch, now = _batch(ctx), utcnow()
@@ -368,11 +389,43 @@ def schedules_(
         start = parse_instant(after, time_zone(schedule.timezone)) if after else now
         output.print_fires(schedule, next_fires(schedule, start, count or 5), as_json=as_json)
         return
-    output.print_schedules(valid, now, as_json=as_json)
+    states = batch.schedule_states([schedule.name for schedule in valid])
+    output.print_schedules(valid, now, as_json=as_json, states=states)
     for problem in problems:
         render.error(str(problem))
     if problems:
         raise typer.Exit(EXIT_USAGE)
+
+
+def _schedule_action(batch: Batch, action: str, name: str, *, as_json: bool) -> None:
+    from batchctl.schedules import output
+
+    if action == "trigger":
+        outcome = batch.trigger_schedule(name)
+        if outcome.error is not None:
+            raise outcome.error
+        output.print_fire(outcome, as_json=as_json)
+        return
+    state = batch.pause_schedule(name) if action == "pause" else batch.resume_schedule(name)
+    output.print_state(name, state, as_json=as_json)
+
+
+@app.command()
+def scheduler(ctx: typer.Context) -> None:
+    """Fire the schedules: a service launching their executions detached, until SIGTERM or
+    Ctrl-C; SIGHUP reloads the schedules."""
+    from batchctl import render
+    from batchctl.scheduler import run_scheduler
+
+    render.setup_logging(rich_output=False)
+    batch = _batch(ctx)
+    valid, problems = batch.schedules()
+    for problem in problems:
+        render.error(str(problem))
+    if problems:
+        render.error(f"scheduler not started: {len(problems)} invalid schedule(s)")
+        raise typer.Exit(EXIT_USAGE)
+    run_scheduler(batch, valid)
 
 
 @db_app.command("upgrade")

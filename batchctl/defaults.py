@@ -62,3 +62,9 @@ REMOTE_WAIT_LOG_INTERVAL = 30.0  # seconds between two "waiting for workers" log
 THREAD_CONNECTIONS = 3  # connections a worker thread may use at once: its chunk's, a read, a heartbeat
 WORKER_POLL_INTERVAL = 2.0  # seconds an idle worker waits for new partitions (LISTEN wakes it sooner)
 IDLE_SLICE = 0.25  # seconds an idle worker waits at a time, so that it sees a shutdown request
+
+# -- the scheduler ------------------------------------------------------------------------------------
+
+SCHEDULER_POLL = 5.0  # seconds between two looks at pauses and unlaunched fires when no fire is due sooner
+PENDING_FIRE_AGE = 3.0  # seconds a fire's execution may wait for its scheduler to launch it before another does
+SCHEDULER_KIND = "scheduler"  # the kind a scheduler registers as in the worker table (`batchctl workers`)

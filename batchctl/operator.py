@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from batchctl.config import Config
 from batchctl.defaults import STOP_WAIT_POLL
+from batchctl.firing import ScheduleOperations
 from batchctl.errors import (
     AlreadyComplete,
     AlreadyRunning,
@@ -177,7 +178,7 @@ def this_process() -> dict[str, Any]:
 # -- the API --------------------------------------------------------------------------------------
 
 
-class Batch:
+class Batch(ScheduleOperations):
     """Run and inspect jobs: the one facade that the CLI, the Python API and every trigger call.
 
     ```
@@ -187,7 +188,9 @@ class Batch:
 
     Operations: `start`, `restart`, `stop`, `abandon`, `recover_lost`, `prune`; reading: `history`,
     `execution`, `step_executions`, `skipped_items`, `jobs`, `job`, `workers`; `run_worker`;
-    `upgrade_schema`; `close` (or use it as a context manager). Methods with a leading
+    `upgrade_schema`; `close` (or use it as a context manager). Schedules (firing.py):
+    `schedules`, `schedule`, `schedule_states`, `fire`, `launch_pending_fires`,
+    `pause_schedule`, `resume_schedule`, `trigger_schedule`. Methods with a leading
     underscore are the steps these are made of and may change.
     """
 
@@ -344,8 +347,10 @@ class Batch:
         *,
         detach: bool = False,
         trigger: Trigger | None = None,
+        also: Callable[[Any, JobExecution], None] | None = None,
     ) -> tuple[JobExecution, Job]:
-        """Record a STARTING execution for `start` without running it."""
+        """Record a STARTING execution for `start` without running it; `also(connection,
+        execution)` runs in the same transaction (a schedule's fire)."""
         if detach:
             self._prepare_log_dir()
         found = job if isinstance(job, Job) else self.job(job)
@@ -359,6 +364,7 @@ class Batch:
             start_rule,
             process=None if detach else this_process(),
             trigger=trigger,
+            also=also,
         )
         return execution, found
 

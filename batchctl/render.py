@@ -230,7 +230,7 @@ def print_history(executions: Sequence[JobExecution]) -> None:
         stderr.print("no executions")
         return
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("id", "job", "params", "status", "started", "ended", "duration", "message"):
+    for column in ("id", "job", "params", "status", "started", "ended", "duration", "trigger", "message"):
         table.add_column(column, justify="right" if column in ("id", "duration") else "left")
     for execution in executions:
         table.add_row(
@@ -241,6 +241,7 @@ def print_history(executions: Sequence[JobExecution]) -> None:
             _local(execution.started_at),
             _local(execution.ended_at),
             _duration(execution.duration),
+            trigger_text(execution),
             _first_line(execution.exit_message),
         )
     stdout.print(table)

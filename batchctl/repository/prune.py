@@ -25,6 +25,7 @@ from batchctl.repository.tables import (
     event,
     job_execution,
     job_instance,
+    schedule_fire,
     skipped_item,
     step_execution,
 )
@@ -57,6 +58,7 @@ _STEPS = Owned(step_execution, "job_execution_id")
 EXECUTION_CHILDREN: tuple[Owned, ...] = (
     Owned(skipped_item, "step_execution_id", via=_STEPS),
     Owned(event, "execution_id"),
+    Owned(schedule_fire, "execution_id"),
     _STEPS,
 )
 

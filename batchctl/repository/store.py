@@ -36,6 +36,7 @@ from batchctl.repository.events import (
     record_step_events,
 )
 from batchctl.repository.connect import translate_errors
+from batchctl.repository.fires import FireQueries
 from batchctl.repository.partitions import PartitionQueries
 from batchctl.repository.prune import PruneQueries
 from batchctl.repository.rows import (
@@ -89,12 +90,13 @@ def _checkpoint_sql(dialect: Any, fenced: bool, owned: bool) -> str:
     return found
 
 
-class Repository(PartitionQueries, PruneQueries):
+class Repository(PartitionQueries, FireQueries, PruneQueries):
     """Persists instances, executions and step executions; decides nothing.
 
     The engine, transactions, fencing and versioned updates are RepositoryBase's (base.py),
-    the partition and worker queries PartitionQueries' (partitions.py), pruning PruneQueries'
-    (prune.py); this class adds the executions' claims, writes and reads.
+    the partition and worker queries PartitionQueries' (partitions.py), the schedules' fires
+    FireQueries' (fires.py), pruning PruneQueries' (prune.py); this class adds the executions'
+    claims, writes and reads.
     """
 
     # -- claims ---------------------------------------------------------------------------------
@@ -108,10 +110,13 @@ class Repository(PartitionQueries, PruneQueries):
         *,
         process: dict[str, Any] | None = None,
         trigger: Trigger | None = None,
+        also: Callable[[Connection, JobExecution], None] | None = None,
     ) -> JobExecution:
         """Claim: create the instance if new, and a STARTING execution of it if `decide` allows.
         `process`: the host, pid and pid_scope of the process that will run it, when known;
-        `trigger`: what started it.
+        `trigger`: what started it; `also(connection, execution)`: more work in the same
+        transaction once the execution is inserted (a schedule's fire, `fire_recorder`), which
+        may raise to roll everything back.
 
         The decision and the insert are one serializable transaction, and the partial unique
         index on live executions refuses a second live execution whatever the race.
@@ -119,7 +124,12 @@ class Repository(PartitionQueries, PruneQueries):
 
         def change(connection: Connection) -> JobExecution:
             instance_id = self._instance_id(connection, job_name, job_key, params)
-            return self._insert_execution(connection, instance_id, decide, process or {}, trigger)
+            execution = self._insert_execution(
+                connection, instance_id, decide, process or {}, trigger
+            )
+            if also is not None:
+                also(connection, execution)
+            return execution
 
         return self._claim(change)
 

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -215,7 +216,7 @@ worker = Table(
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("host", String(255), nullable=False),
     Column("pid", Integer, nullable=False),
-    Column("kind", String(8), nullable=False),
+    Column("kind", String(16), nullable=False),  # remote, process, thread, scheduler
     Column("started_at", UTCDateTime, nullable=False),
     Column("heartbeat_at", UTCDateTime, nullable=False),
     Column("stopped_at", UTCDateTime),
@@ -238,4 +239,37 @@ event = Table(
     Column("status", String(16), nullable=False),
     Column("at", UTCDateTime, nullable=False),
     Index("ix_event_execution_id", "execution_id"),
+)
+
+
+# The fires of schedules: one row per (schedule, fire instant in UTC), unique, written in the
+# transaction that creates the fire's execution (so a second scheduler finds it and does
+# nothing), or alone for a fire that was refused or skipped. `outcome`: launched (an execution
+# was created; `launched_at` once its process was spawned), refused (with the `reason`), skipped
+# (a missed fire the catch-up policy did not run). `manual`: `batchctl schedules trigger`.
+schedule_fire = Table(
+    "schedule_fire",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("schedule", String(200), nullable=False),
+    Column("fire_at", UTCDateTime, nullable=False),
+    Column("execution_id", Id, ForeignKey("job_execution.id")),
+    Column("outcome", String(16), nullable=False),
+    Column("reason", SafeText),
+    Column("manual", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("launched_at", UTCDateTime),
+    UniqueConstraint("schedule", "fire_at"),
+    Index("ix_schedule_fire_execution_id", "execution_id"),
+)
+
+# Operators' state of a schedule, obeyed by every scheduler: paused (since `paused_at`), and
+# when it was last resumed (fires before `resumed_at` are not caught up).
+schedule_state = Table(
+    "schedule_state",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("paused", Boolean, nullable=False),
+    Column("paused_at", UTCDateTime),
+    Column("resumed_at", UTCDateTime),
 )

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 CONFIG_KEYS = ("job", "cron", "timezone", "params", "catchup", "max_catchup", "enabled", "grace")
 REQUIRED_KEYS = ("job", "cron")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")  # as job names
+RESERVED_NAMES = ("pause", "resume", "trigger")  # `batchctl schedules pause NAME`, ...
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,11 @@ def check_schedule(schedule: Schedule, registry: Registry, *, now: datetime) -> 
     problems: list[str] = []
     if not isinstance(schedule.name, str) or not _NAME.match(schedule.name):
         problems.append("invalid name: use letters, digits, '_', '.', ':' or '-'")
+    elif schedule.name in RESERVED_NAMES:
+        problems.append(
+            f"invalid name: {schedule.name!r} is a command of 'batchctl schedules' "
+            f"({', '.join(RESERVED_NAMES)} are reserved)"
+        )
     problems += _option_problems(schedule)
     timing_ok = True
     for what, value, check in (

@@ -88,7 +88,8 @@ def test_schedules_json_lists_config_and_code_schedules_with_their_next_fire(
     assert ny["next_fire_at"].endswith("+00:00")
     assert off["enabled"] is False and off["next_fire_at"] is None
     assert paris["source"] == "config" and paris["next_fire_local"][11:19] == "01:30:00"
-    assert not (tmp_path / "repository.db").exists()
+    # The listing reads the repository for the paused state and the last fires (issue 11).
+    assert paris["paused"] is False and paris["last_fire_at"] is None
 
 
 def test_schedules_prints_a_table(schedules_cli: Callable[..., Outcome]) -> None:
@@ -115,11 +116,14 @@ def test_invalid_schedules_go_to_stderr_after_the_valid_ones_and_exit_2(
     ]
 
 
-def test_next_fires_across_fall_back_as_json(schedules_cli: Callable[..., Outcome]) -> None:
+def test_next_fires_across_fall_back_as_json(
+    schedules_cli: Callable[..., Outcome], tmp_path: Path
+) -> None:
     outcome = schedules_cli(
         "schedules", "eod-ny", "--next", "3", "--after", "2025-11-01T12:00:00Z", "--json"
     )
     assert outcome.code == 0, outcome.err
+    assert not (tmp_path / "repository.db").exists()  # a pure computation: nothing written
     assert json.loads(outcome.out) == [
         {"fire_at": "2025-11-02T05:30:00+00:00", "local": "2025-11-02T01:30:00-04:00",
          "params": {"date": "2025-11-01"}},

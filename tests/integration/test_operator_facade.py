@@ -21,6 +21,10 @@ PUBLIC = {
     "step_executions", "skipped_items", "jobs", "job", "workers", "run_worker",
     "upgrade_schema", "close", "from_config", "config", "repository", "registry", "events",
     "prune",
+    # schedules (firing.py)
+    "schedules", "schedule", "schedule_states", "last_scheduled_fires", "pause_schedule",
+    "resume_schedule", "trigger_schedule", "fire", "skip_fire", "launch_pending_fires",
+    "register_service", "service_heartbeat", "retire_service",
 }
 
 

@@ -15,7 +15,8 @@ import batchctl.repository
 PACKAGE = Path(batchctl.repository.__file__).parent
 # Lowest first: a module may import only modules before it.
 LAYERS = [
-    "tables", "connect", "migrate", "rows", "events", "base", "partitions", "prune", "store",
+    "tables", "connect", "migrate", "rows", "events", "base", "partitions", "fires", "prune",
+    "store",
 ]
 
 
