@@ -10,8 +10,9 @@ import enum
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Mapping
 
 from batchctl.errors import InvalidParams, UnknownExecution, UnstorableValue, UsageError
@@ -265,6 +266,37 @@ class SkippedItem:
         if isinstance(self.error, BaseException):
             return f"{type(self.error).__name__}: {self.error}"
         return str(self.error)
+
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s)")
+_AGE_UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_moment(
+    text: str, *, now: datetime, option: str = "the time", end_of_day: bool = False
+) -> datetime:
+    """An instant given on the command line (`history --since/--until`), as an aware datetime:
+    an ISO date or date-time (local time unless it has an offset) or an age before `now` such
+    as `2d`, `12h`, `30m`, `1w`. With `end_of_day` a bare date means the end of that day (the
+    next midnight), so `--until 2024-01-31` includes the 31st. UsageError otherwise."""
+    given = text.strip()
+    age = _AGE.fullmatch(given.lower())
+    if age:
+        return now - timedelta(seconds=float(age[1]) * _AGE_UNITS[age[2]])
+    try:
+        if len(given) == 10:
+            day = date.fromisoformat(given)
+            moment = datetime(day.year, day.month, day.day)
+            if end_of_day:
+                moment += timedelta(days=1)
+        else:
+            moment = datetime.fromisoformat(given.replace(" ", "T", 1))
+    except ValueError:
+        raise UsageError(
+            f"{option}: {given!r} is neither an ISO date or date-time (2024-01-31, "
+            "2024-01-31T18:00) nor an age (2d, 12h, 30m, 1w)"
+        ) from None
+    return moment.astimezone() if moment.tzinfo is None else moment
 
 
 # -- parameters ---------------------------------------------------------------------------------
