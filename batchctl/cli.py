@@ -299,7 +299,7 @@ def history(
     )
     executions = page.executions
     if not as_json and not executions:
-        render.stderr.print("no executions" + _where(batch))
+        render.stderr.print("no executions" + _where(batch), soft_wrap=True)
     render.output([render.execution_dict(execution) for execution in executions],
                   lambda: render.print_history(executions, resumed_by=page.resumed_by),
                   as_json=as_json)
@@ -340,7 +340,10 @@ def jobs(ctx: typer.Context, as_json: JsonOption = False) -> None:
     for problem in batch.registry.problems:
         render.warn(f"warning: {problem}")
     if not as_json and not found:
-        render.stderr.print(f"no jobs found in {batch.config.jobs_dir}" + _where(batch))
+        render.stderr.print(
+            render.printable(f"no jobs found in {batch.config.jobs_dir}") + _where(batch),
+            soft_wrap=True,
+        )
     render.output([render.job_dict(job) for job in found], lambda: render.print_jobs(found),
                   as_json=as_json)
 

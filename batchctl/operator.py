@@ -288,7 +288,7 @@ class Batch:
         recorded (before it runs or is launched: where a caller says "resuming"), then, in a
         foreground run, the engine's events. `on_tracker` receives the running execution's
         tracker (its `request_stop()` asks for a graceful stop). `handle_signals=True` routes
-        Ctrl-C and SIGTERM to that graceful stop while a foreground run lasts; only the main
+        Ctrl-C, SIGTERM and SIGHUP to that graceful stop while a foreground run lasts; only the main
         thread may install signal handlers, so it is off by default.
         """
         execution, found = self._create_start(job, params, detach=detach)
@@ -383,7 +383,7 @@ class Batch:
         handle_signals: bool = False,
     ) -> JobExecution:
         """Run an execution recorded by `_create_start` or `_create_restart` to its end; with
-        `handle_signals`, Ctrl-C and SIGTERM ask it to stop meanwhile."""
+        `handle_signals`, Ctrl-C, SIGTERM and SIGHUP ask it to stop meanwhile."""
         from batchctl.engine import HeartbeatSettings, run_execution
 
         def run(on_tracker: Callable[[Any], None] | None) -> JobExecution:
