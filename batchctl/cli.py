@@ -187,13 +187,6 @@ def _target(target: str) -> str:
     return target
 
 
-def _execution_id(execution_id: int) -> int:
-    """An ID argument (click has made it an int): beyond 64 bits it names no execution."""
-    from batchctl.model import parse_execution_id
-
-    return parse_execution_id(execution_id)
-
-
 @app.command()
 def stop(
     ctx: typer.Context,
@@ -216,13 +209,13 @@ def stop(
 @app.command()
 def abandon(
     ctx: typer.Context,
-    execution_id: Annotated[int, typer.Argument(metavar="ID", help="An execution id.")],
+    target: Annotated[str, typer.Argument(metavar="JOB|ID", help="A job name or an execution id.")],
     as_json: JsonOption = False,
 ) -> None:
     """Mark a STOPPED, FAILED or UNKNOWN execution ABANDONED: it will never be restarted."""
     from batchctl import render
 
-    execution = _batch(ctx).abandon(_execution_id(execution_id))
+    execution = _batch(ctx).abandon(_target(target))
     render.output(render.execution_dict(execution), lambda: render.print_abandoned(execution),
                   as_json=as_json)
 
@@ -230,7 +223,7 @@ def abandon(
 @app.command()
 def logs(
     ctx: typer.Context,
-    execution_id: Annotated[int, typer.Argument(metavar="ID", help="An execution id.")],
+    target: Annotated[str, typer.Argument(metavar="JOB|ID", help="A job name or an execution id.")],
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing until the execution ends.")
     ] = False,
@@ -238,7 +231,9 @@ def logs(
     """Print a detached execution's log."""
     from batchctl.launcher import read_log
 
-    for chunk in read_log(_batch(ctx), _execution_id(execution_id), follow=follow):
+    batch = _batch(ctx)
+    execution = batch.execution(_target(target))
+    for chunk in read_log(batch, execution.id, follow=follow):
         sys.stdout.write(chunk)
         sys.stdout.flush()
 
@@ -286,13 +281,26 @@ def run_execution(
     raise typer.Exit(finished.process_exit_code)
 
 
+STATUS_HELP = (
+    "Only executions with this status (repeatable, any case): STARTING, STARTED, STOPPING, "
+    "STOPPED, COMPLETED, FAILED, ABANDONED or UNKNOWN."
+)
+
+
 @app.command()
 def history(
     ctx: typer.Context,
     job: Annotated[Optional[str], typer.Argument(help="Only this job's executions.")] = None,
-    status: Annotated[
-        Optional[list[str]],
-        typer.Option("--status", "-s", help="Only executions with this status (repeatable)."),
+    status: Annotated[Optional[list[str]], typer.Option("--status", "-s", help=STATUS_HELP)] = None,
+    since: Annotated[
+        Optional[str],
+        typer.Option(help="Only executions created at or after this: an ISO date or date-time "
+                     "(local time unless it has an offset), or an age like 2d, 12h, 30m."),
+    ] = None,
+    until: Annotated[
+        Optional[str],
+        typer.Option(help="Only executions created before this (same forms as --since; a bare "
+                     "date means the end of that day)."),
     ] = None,
     limit: Annotated[
         int, typer.Option("--limit", "-n", min=1, max=MAX_LIMIT, help="At most N executions.")
@@ -301,28 +309,48 @@ def history(
 ) -> None:
     """Executions, newest first."""
     from batchctl import render
+    from batchctl.model import parse_moment, utcnow
 
-    executions = _batch(ctx).history(job, statuses=status or [], limit=limit)
+    now = utcnow()
+    batch = _batch(ctx)
+    page = batch.history_page(
+        job,
+        statuses=status or [],
+        since=parse_moment(since, now=now, option="--since") if since else None,
+        until=parse_moment(until, now=now, option="--until", end_of_day=True) if until else None,
+        limit=limit,
+    )
+    executions = page.executions
+    if not as_json and not executions:
+        render.stderr.print("no executions" + _where(batch), soft_wrap=True)
     render.output([render.execution_dict(execution) for execution in executions],
-                  lambda: render.print_history(executions), as_json=as_json)
+                  lambda: render.print_history(executions, resumed_by=page.resumed_by),
+                  as_json=as_json)
+    if page.more and not as_json:
+        render.stderr.print(f"showing the {len(executions)} most recent; --limit N shows more")
 
 
 @app.command()
 def show(
     ctx: typer.Context,
-    execution_id: Annotated[int, typer.Argument(metavar="ID", help="An execution id.")],
+    target: Annotated[str, typer.Argument(metavar="JOB|ID", help="A job name or an execution id.")],
+    traceback_: Annotated[
+        bool, typer.Option("--traceback", help="Show failures with their full traceback.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """One execution with its step executions and the items its chunk steps skipped."""
     from batchctl import render
 
     batch = _batch(ctx)
-    execution_id = _execution_id(execution_id)
-    execution = batch.execution(execution_id)
-    steps = batch.step_executions(execution_id)
-    skipped = batch.skipped_items(execution_id)
-    render.output(render.execution_dict(execution, steps, skipped),
-                  lambda: render.print_execution(execution, steps, skipped), as_json=as_json)
+    execution = batch.execution(_target(target))
+    steps = batch.step_executions(execution.id)
+    skipped = batch.skipped_items(execution.id)
+    if as_json:
+        render.print_json(render.execution_dict(execution, steps, skipped))
+        return
+    earlier = batch.earlier_steps(execution)
+    render.print_execution(execution, steps, skipped, earlier=earlier, traceback=traceback_)
 
 
 @app.command()
@@ -334,8 +362,27 @@ def jobs(ctx: typer.Context, as_json: JsonOption = False) -> None:
     found = batch.jobs()
     for problem in batch.registry.problems:
         render.warn(f"warning: {problem}")
+    if not as_json and not found:
+        render.stderr.print(
+            render.printable(f"no jobs found in {batch.config.jobs_dir}") + _where(batch),
+            soft_wrap=True,
+        )
     render.output([render.job_dict(job) for job in found], lambda: render.print_jobs(found),
                   as_json=as_json)
+
+
+def _where(batch: Batch) -> str:
+    """When no config file was found: where this command looked, for a newcomer who ran it from
+    the wrong folder and silently got a new empty repository ('' when a config file was used)."""
+    from batchctl.render import printable
+
+    config = batch.config
+    if config.source is not None:
+        return ""
+    return printable(
+        f" (no config.toml found from {os.getcwd()}: database {config.display_database_url}, "
+        f"jobs directory {config.jobs_dir})"
+    )
 
 
 @app.command("schedules")
@@ -516,7 +563,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=args, prog_name="batchctl", standalone_mode=False, obj=state)
     except BatchctlError as exc:
-        _report(state, exc.message, exc)
+        _report(state, exc.message + _unknown_job_note(state, exc), exc)
         code = exc.exit_code
     except KeyboardInterrupt:
         _report(state, "interrupted", None)
@@ -534,9 +581,21 @@ def _unexpected(state: CliState, exc: Exception) -> int:
     except ImportError:  # pragma: no cover - depends on the installed typer
         from click import exceptions as click_exceptions  # type: ignore[no-redef,import-not-found,unused-ignore]
 
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `batchctl` alone: the help was printed
+        return 0
     if isinstance(exc, click_exceptions.UsageError):
         command = exc.ctx.command_path if exc.ctx is not None else "batchctl"
-        _report(state, f"{exc.format_message()} (see '{command} --help')", None)
+        message = exc.format_message()
+        if isinstance(exc, click_exceptions.NoSuchOption):
+            # click appends "(Possible options: ...)", a list of every near name; one
+            # suggestion helps, a list is noise on the one error line.
+            from difflib import get_close_matches
+
+            close = get_close_matches(exc.option_name, list(exc.possibilities or ()), n=1)
+            message = f"no such option: {exc.option_name}"
+            if close:
+                message += f" (did you mean {close[0]}?)"
+        _report(state, f"{message} (see '{command} --help')", None)
         return EXIT_USAGE
     if isinstance(exc, click_exceptions.ClickException):
         _report(state, exc.format_message(), None)
@@ -546,6 +605,15 @@ def _unexpected(state: CliState, exc: Exception) -> int:
         return 130
     _report(state, f"unexpected {type(exc).__name__}: {exc}", exc)
     return EXIT_FAILED
+
+
+def _unknown_job_note(state: CliState, exc: BatchctlError) -> str:
+    """An unknown job when no config file was found: say where the jobs were looked for."""
+    from batchctl.errors import UnknownJob
+
+    if not isinstance(exc, UnknownJob) or state.batch is None:
+        return ""
+    return _where(state.batch)
 
 
 def _report(state: CliState, message: str, exc: BaseException | None) -> None:

@@ -2,8 +2,8 @@
 
 A detached execution is the same engine in another process: `python -m batchctl
 run-execution ID`, in its own session, its output going to a log file. In either, Ctrl-C or
-SIGTERM asks the engine for a graceful stop (it finishes the current checkpoint and ends
-STOPPED); a second Ctrl-C interrupts the step at once.
+SIGTERM (or SIGHUP, the terminal closing) asks the engine for a graceful stop (it finishes the
+current checkpoint and ends STOPPED); a second Ctrl-C interrupts the step at once.
 """
 
 from __future__ import annotations
@@ -122,6 +122,13 @@ def child_env(config: Config) -> dict[str, str]:
     return env
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""What asks a running execution for a graceful stop: Ctrl-C, a `kill`, and the terminal
+closing (SIGHUP), which would otherwise end the process at once and leave a lost execution."""
+
+FIRST_INTERRUPT = "stopping at the next checkpoint; Ctrl-C again to interrupt"
+
+
 class _StopOnSignals:
     def __init__(self) -> None:
         self.tracker: Any = None
@@ -134,16 +141,51 @@ class _StopOnSignals:
         self.interrupts += 1
         if self.interrupts > 1 and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if signum == signal.SIGHUP:
+            _detach_from_terminal()
+        if self.interrupts == 1:
+            _say(FIRST_INTERRUPT if signum == signal.SIGINT else
+                 f"{signal.Signals(signum).name}: stopping at the next checkpoint")
         if self.tracker is not None:
             self.tracker.request_stop()
 
 
+def _say(line: str) -> None:
+    """One line on stderr at once (through the live display's redirection when it is on). A
+    terminal that is gone must not turn a graceful stop into a crash."""
+    try:
+        sys.stderr.write(f"batchctl: {line}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _detach_from_terminal() -> None:
+    """After SIGHUP the terminal is gone: writing to it fails (EIO), which would end the run
+    with an error instead of STOPPED. Output meant for it goes to /dev/null from now on; pipes
+    and files are left alone."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        for fd in (1, 2):
+            try:
+                if os.isatty(fd):
+                    os.dup2(devnull, fd)
+            except OSError:
+                pass
+    finally:
+        os.close(devnull)
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[_StopOnSignals]:
-    """Route SIGINT and SIGTERM to a graceful stop while the block runs: attach the running
-    execution's tracker to what this yields (`Batch.start(..., handle_signals=True)` does)."""
+    """Route SIGINT, SIGTERM and SIGHUP to a graceful stop while the block runs: attach the
+    running execution's tracker to what this yields (`Batch.start(..., handle_signals=True)`
+    does). The first Ctrl-C says so at once; a second one interrupts the step."""
     hook = _StopOnSignals()
-    previous = {sig: signal.signal(sig, hook.on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, hook.on_interrupt) for sig in STOP_SIGNALS}
     try:
         yield hook
     finally:

@@ -302,6 +302,35 @@ class SkippedItem:
         return str(self.error)
 
 
+_AGE_SHAPE = re.compile(r"(?:\d+[smhdw])+")  # an age rather than a date: `2d`, `1d12h`
+
+
+def parse_moment(
+    text: str, *, now: datetime, option: str = "the time", end_of_day: bool = False
+) -> datetime:
+    """An instant given on the command line (`history --since/--until`), as an aware datetime:
+    an ISO date or date-time (local time unless it has an offset) or an age before `now` such
+    as `2d`, `12h`, `30m`, `1w`. With `end_of_day` a bare date means the end of that day (the
+    next midnight), so `--until 2024-01-31` includes the 31st. UsageError otherwise."""
+    given = text.strip()
+    if _AGE_SHAPE.fullmatch(given.lower()):
+        return now - parse_age(given)
+    try:
+        if len(given) == 10:
+            day = date.fromisoformat(given)
+            moment = datetime(day.year, day.month, day.day)
+            if end_of_day:
+                moment += timedelta(days=1)
+        else:
+            moment = datetime.fromisoformat(given.replace(" ", "T", 1))
+    except ValueError:
+        raise UsageError(
+            f"{option}: {given!r} is neither an ISO date or date-time (2024-01-31, "
+            "2024-01-31T18:00) nor an age (2d, 12h, 30m, 1w)"
+        ) from None
+    return moment.astimezone() if moment.tzinfo is None else moment
+
+
 # -- parameters ---------------------------------------------------------------------------------
 
 PARAM_TYPES: tuple[type, ...] = (str, int, float, bool, date, datetime)

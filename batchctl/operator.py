@@ -8,9 +8,10 @@ execution, so the decision and the write are atomic.
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -46,6 +47,10 @@ from batchctl.model import (
 )
 
 
+LOST_PREFIX = "process lost"
+"""How the exit message of an execution marked lost begins (a refusal recognises it by this)."""
+
+
 # -- the rules ------------------------------------------------------------------------------------
 
 
@@ -78,15 +83,30 @@ def restart_rule(last: JobExecution | None) -> JobExecution | None:
         raise NotRestartable("this instance has no execution to restart")
     if last.status.is_live:
         raise AlreadyRunning(
-            f"execution {last.id} of job {last.job_name} is still {last.status.value}"
+            f"execution {last.id} of job {last.job_name} is still {last.status.value}; "
+            f"'batchctl stop {last.id}' stops it at its next checkpoint, then restart it"
         )
     if not last.status.is_restartable:
-        hint = " (a different param value makes a new instance)" if last.status == Status.COMPLETED else ""
+        hint = ""
+        if last.status == Status.COMPLETED:
+            hint = " (a different param value makes a new instance)"
+        elif last.status == Status.ABANDONED:
+            hint = f"; to run the instance afresh: {start_command(last)}"
         raise NotRestartable(
             f"execution {last.id} of job {last.job_name} is {last.status.value}; only STOPPED or "
             f"FAILED executions restart{hint}"
         )
     return last
+
+
+def start_command(execution: JobExecution) -> str:
+    """The command line that starts `execution`'s instance again (a refusal's next step)."""
+    import shlex
+
+    command = f"batchctl start {shlex.quote(execution.job_name)}"
+    if execution.params:
+        command += " --params " + shlex.quote(json.dumps(execution.params, separators=(",", ":")))
+    return command
 
 
 def lost_reason(
@@ -108,10 +128,10 @@ def lost_reason(
     beat_text = beat.strftime("%Y-%m-%d %H:%M:%S UTC") if beat else "never"
     where = f"pid {execution.pid} on {execution.host}" if execution.pid else "no pid recorded yet"
     if execution.pid and pid_visible(execution) and not process_alive(execution.pid):
-        return f"process lost: {where} is gone (last heartbeat {beat_text})"
+        return f"{LOST_PREFIX}: {where} is gone (last heartbeat {beat_text})"
     if beat is None or (now - beat).total_seconds() > timeout:
         return (
-            f"process lost: no heartbeat for more than {timeout:g}s (last heartbeat {beat_text}, "
+            f"{LOST_PREFIX}: no heartbeat for more than {timeout:g}s (last heartbeat {beat_text}, "
             f"{where})"
         )
     return None
@@ -173,6 +193,16 @@ def this_process() -> dict[str, Any]:
     from batchctl.host import host_name, pid_scope
 
     return {"host": host_name(), "pid": os.getpid(), "pid_scope": pid_scope()}
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """One page of `history`: the executions, newest first; whether the limit cut rows off;
+    and, for each shown execution that a later one resumed, that later execution's id."""
+
+    executions: list[JobExecution]
+    more: bool
+    resumed_by: dict[int, int]
 
 
 # -- the API --------------------------------------------------------------------------------------
@@ -289,8 +319,8 @@ class Batch(ScheduleOperations):
         recorded (before it runs or is launched: where a caller says "resuming"), then, in a
         foreground run, the engine's events. `on_tracker` receives the running execution's
         tracker (its `request_stop()` asks for a graceful stop). `handle_signals=True` routes
-        Ctrl-C and SIGTERM to that graceful stop while a foreground run lasts; only the main
-        thread may install signal handlers, so it is off by default. `trigger` records what
+        Ctrl-C, SIGTERM and SIGHUP to that graceful stop while a foreground run lasts; only the
+        main thread may install signal handlers, so it is off by default. `trigger` records what
         started it (a Python caller by default: `Trigger("api")`).
         """
         execution, found = self._create_start(job, params, detach=detach, trigger=trigger)
@@ -396,7 +426,7 @@ class Batch(ScheduleOperations):
         handle_signals: bool = False,
     ) -> JobExecution:
         """Run an execution recorded by `_create_start` or `_create_restart` to its end; with
-        `handle_signals`, Ctrl-C and SIGTERM ask it to stop meanwhile."""
+        `handle_signals`, Ctrl-C, SIGTERM and SIGHUP ask it to stop meanwhile."""
         from batchctl.engine import HeartbeatSettings, run_execution
 
         def run(on_tracker: Callable[[Any], None] | None) -> JobExecution:
@@ -513,11 +543,11 @@ class Batch(ScheduleOperations):
                 )
             time.sleep(STOP_WAIT_POLL)
 
-    def abandon(self, execution_id: int) -> JobExecution:
-        """Mark a STOPPED, FAILED or UNKNOWN execution ABANDONED: never to be restarted."""
-        execution = self.execution(execution_id)
-        if execution.status.is_live:
-            execution = self._recover(execution)
+    def abandon(self, target: str | int) -> JobExecution:
+        """Mark a STOPPED, FAILED or UNKNOWN execution ABANDONED: never to be restarted.
+        `target` is an execution id, or a job name for the job's most recent execution."""
+        execution = self.execution(target)
+        execution_id = execution.id
         abandoned = self.repository.abandon(execution_id)
         if abandoned is None:
             current = self.execution(execution_id)
@@ -593,6 +623,13 @@ class Batch(ScheduleOperations):
 
     def _not_live_message(self, execution: JobExecution) -> str:
         message = f"execution {execution.id} of job {execution.job_name} is not live ({execution.status.value})"
+        if execution.exit_message and execution.exit_message.startswith(LOST_PREFIX):
+            # A run whose process died: say so and when it was found, not merely "not live".
+            ended = execution.ended_at.astimezone().strftime("%Y-%m-%d %H:%M:%S") if execution.ended_at else "?"
+            message += (
+                f": it was found lost at {ended} ({execution.exit_message.splitlines()[0]}); "
+                f"'batchctl restart {execution.id}' resumes it"
+            )
         others = [e.id for e in self.repository.live_executions(execution.job_name)]
         if others:
             message += f"; live executions of {execution.job_name}: {', '.join(map(str, others))}"
@@ -723,10 +760,24 @@ class Batch(ScheduleOperations):
             raise UsageError(f"job {parsed} has no executions")
         return latest
 
-    def execution(self, execution_id: int) -> JobExecution:
-        """One execution; a live one whose process is lost is first marked so."""
-        execution = self.repository.execution(execution_id)
+    def execution(self, target: str | int) -> JobExecution:
+        """One execution: by id, or by job name the job's most recently created execution (as
+        `stop` and `restart` read their target). A live one whose process is lost is first
+        marked so."""
+        execution = self._resolve(target)
         return self._recover(execution) if execution.status.is_live else execution
+
+    def earlier_steps(self, execution: JobExecution) -> list[StepExecution]:
+        """The steps that earlier executions of its instance completed and that `execution`
+        therefore skipped (it resumed them): what a restart's view would otherwise leave out."""
+        if execution.resumed_from is None:
+            return []
+        own = {step.partition_of or step.name for step in self.step_executions(execution.id)}
+        return [
+            step
+            for name, step in self.repository.resumable_steps(execution).items()
+            if step.status == Status.COMPLETED and name not in own and not step.is_partition
+        ]
 
     def step_executions(self, execution_id: int) -> list[StepExecution]:
         return self.repository.step_executions(execution_id)
@@ -752,9 +803,36 @@ class Batch(ScheduleOperations):
         job: str | None = None,
         *,
         statuses: Sequence[Status | str] = (),
+        since: datetime | None = None,
+        until: datetime | None = None,
         limit: int | None = 20,
     ) -> list[JobExecution]:
-        """Executions, newest first; `limit=None` for all. Lost processes are marked first."""
+        """Executions, newest first; `limit=None` for all; `since` (inclusive) and `until`
+        (exclusive) bound their creation time. Lost processes are marked first. UnknownJob for
+        a name that is neither a job nor in the history."""
+        return self.history_page(
+            job, statuses=statuses, since=since, until=until, limit=limit
+        ).executions
+
+    def history_page(
+        self,
+        job: str | None = None,
+        *,
+        statuses: Sequence[Status | str] = (),
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = 20,
+    ) -> HistoryPage:
+        """`history`, with what a listing shows beside it: whether `limit` cut rows off, and
+        which execution resumed each shown execution that a later one resumed."""
         wanted = _statuses(statuses)
         self.recover_lost(job)
-        return self.repository.history(job, wanted, None if limit is None else min(limit, MAX_ID))
+        fetch = None if limit is None else min(limit, MAX_ID - 1) + 1  # one more: were rows cut?
+        found = self.repository.history(job, wanted, fetch, since=since, until=until)
+        more = limit is not None and len(found) > limit
+        executions = found[:limit] if more else found
+        if job is not None and not found and job not in self.registry.jobs:
+            if self.repository.latest_execution(job) is None:
+                self.registry.get(job)  # UnknownJob, naming any load problems
+        resumed_by = self.repository.resumed_by(executions)
+        return HistoryPage(executions, more, resumed_by)

@@ -13,7 +13,7 @@ import re
 import sys
 from datetime import date, datetime
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -225,19 +225,34 @@ def status_text(status: Status) -> Text:
     return Text(status.value, style=STATUS_STYLES[status])
 
 
-def print_history(executions: Sequence[JobExecution]) -> None:
+def print_history(
+    executions: Sequence[JobExecution], *, resumed_by: Mapping[int, int] | None = None
+) -> None:
+    """The history table: params as `key=value`, those that tell the rows apart first; the
+    message's first line, on one row; "resumed by N" beside an execution a later one resumed."""
     if not executions:
-        stderr.print("no executions")
         return
+    resumed_by = resumed_by or {}
+    order = params_order([execution.params for execution in executions])
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("id", "job", "params", "status", "started", "ended", "duration", "trigger", "message"):
-        table.add_column(column, justify="right" if column in ("id", "duration") else "left")
+    for column in ("id", "job", "params", "status", "started", "ended", "duration", "trigger",
+                   "message"):
+        if column == "message":  # the first line only, cut to the width: `show` has it all
+            table.add_column(column, no_wrap=True, overflow="ellipsis", ratio=1)
+        elif column == "params":
+            table.add_column(column, overflow="fold")
+        else:
+            table.add_column(column, justify="right" if column in ("id", "duration") else "left",
+                             no_wrap=True)
     for execution in executions:
+        status = status_text(execution.status)
+        if execution.id in resumed_by:
+            status.append(f", resumed by {resumed_by[execution.id]}", style="dim")
         table.add_row(
             str(execution.id),
             printable(execution.job_name),
-            _params_text(execution.params),
-            status_text(execution.status),
+            _params_text(execution.params, order),
+            status,
             _local(execution.started_at),
             _local(execution.ended_at),
             _duration(execution.duration),
@@ -247,9 +262,41 @@ def print_history(executions: Sequence[JobExecution]) -> None:
     stdout.print(table)
 
 
+def params_order(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The param names of `rows`: first those whose values differ between the rows (what tells
+    them apart), then the rest, each group by name."""
+    names = sorted({name for params in rows for name in params})
+    varying = [
+        name for name in names
+        if len({json.dumps(params.get(name), sort_keys=True, default=str) for params in rows}) > 1
+    ]
+    return varying + [name for name in names if name not in varying]
+
+
+def _params_text(params: Mapping[str, Any], order: Sequence[str] | None = None) -> str:
+    """`date=2024-01-31 region=eu`: strings bare unless they hold a space, a quote or an `=`
+    (then JSON-quoted), anything else as JSON."""
+    names = [name for name in (order or sorted(params)) if name in params]
+    return printable(" ".join(f"{name}={_param_value(params[name])}" for name in names))
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, str) and value and not re.search(r"[\s\"'=\\]", value):
+        return value
+    return json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
+
+
 def print_execution(
-    execution: JobExecution, steps: Sequence[StepExecution], skipped: Sequence[SkippedItem] = ()
+    execution: JobExecution,
+    steps: Sequence[StepExecution],
+    skipped: Sequence[SkippedItem] = (),
+    *,
+    earlier: Sequence[StepExecution] = (),
+    traceback: bool = False,
 ) -> None:
+    """`show`: the execution's fields (a failure led by its exception's last line and the job's
+    own frame; the whole traceback with `traceback`), its steps (with those that earlier
+    executions of its instance completed, marked so), and the items its chunk steps skipped."""
     header = Table.grid(padding=(0, 2))
     header.add_column(style="bold")
     header.add_column()
@@ -258,6 +305,9 @@ def print_execution(
     header.add_row("instance", str(execution.instance_id))
     header.add_row("params", _params_text(execution.params))
     header.add_row("status", status_text(execution.status))
+    if execution.exit_message and execution.status.is_unsuccessful:
+        for label, line in failure_summary(execution.exit_message):
+            header.add_row(label, Text(printable(line), style="bold red" if label == "error" else ""))
     header.add_row("created", _local(execution.created_at))
     header.add_row("started", _local(execution.started_at))
     header.add_row("ended", _local(execution.ended_at))
@@ -269,9 +319,9 @@ def print_execution(
     if execution.log_path:
         header.add_row("log", printable(execution.log_path))
     if execution.exit_message:
-        header.add_row("message", printable(execution.exit_message.rstrip(), newlines=True))
+        header.add_row("message", _message_text(execution.exit_message, traceback=traceback))
     stdout.print(header)
-    if not steps:
+    if not steps and not earlier:
         return
     table = Table(box=None, pad_edge=False, header_style="bold", title_justify="left")
     partitioned = any(step.is_partition for step in steps)
@@ -280,6 +330,15 @@ def print_execution(
                "message")
     for column in columns:
         table.add_column(column)
+    for step in earlier:  # skipped by this execution: completed by an earlier one
+        table.add_row(
+            str(step.id), printable(step.name),
+            Text(f"COMPLETED in execution {step.job_execution_id}", style="dim green"),
+            *(("-",) if partitioned else ()), _local(step.started_at), _duration(step.duration),
+            str(step.read_count), str(step.write_count), str(step.filter_count),
+            _skips_text(step), str(step.commit_count), str(step.rollback_count), "",
+            style="dim",
+        )
     for step in steps:
         worker = (printable(f"{step.host}/{step.pid}") if step.pid else "-",) if partitioned else ()
         table.add_row(
@@ -303,6 +362,64 @@ def print_execution(
         print_skipped(skipped)
 
 
+_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<function>.+)$')
+
+
+def failure_summary(message: str) -> list[tuple[str, str]]:
+    """What `show` leads a failure with: the exception's last line (the one that ended it,
+    after any chained ones) and the job's own frame, the innermost that is neither batchctl's
+    nor the standard library's nor an installed package's (else the innermost outside
+    batchctl), as `file:line in function`. Messages that hold no traceback give no summary."""
+    lines = [line for line in message.splitlines() if line.strip()]
+    if not any(line.startswith("Traceback (most recent call last)") for line in lines):
+        return []
+    frames = [match for line in lines if (match := _FRAME.match(line))]
+    # The exception that ended it: the first unindented line after the last frame (its own
+    # message may go on over more lines; a chained exception's come before that frame).
+    last_frame = max((i for i, line in enumerate(lines) if _FRAME.match(line)), default=-1)
+    after = [line for line in lines[last_frame + 1:] if not line[:1].isspace()]
+    summary = [("error", (after or lines[-1:])[0].strip())]
+    frame = _job_frame([match["file"] for match in frames])
+    if frame is not None:
+        found = next(match for match in reversed(frames) if match["file"] == frame)
+        summary.append(("at", f"{_shorter(found['file'])}:{found['line']} in {found['function']}"))
+    return summary
+
+
+def _job_frame(files: Sequence[str]) -> str | None:
+    import os
+    import sysconfig
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    library = {sysconfig.get_paths()[key] + os.sep for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    outside = [f for f in files if not f.startswith(package) and not f.startswith("<")]
+    own = [f for f in outside if not any(f.startswith(prefix) for prefix in library)]
+    candidates = own or outside
+    return candidates[-1] if candidates else None
+
+
+def _shorter(path: str) -> str:
+    """A path relative to the current folder when it is inside it."""
+    import os
+
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if relative.startswith("..") else relative
+
+
+def _message_text(message: str, *, traceback: bool) -> str:
+    """An exit message as `show` prints it: without `traceback`, a traceback is cut to the
+    line that says how to see it (the summary above already led with its essentials)."""
+    text = message.rstrip()
+    marker = "\nTraceback (most recent call last)"
+    if not traceback and marker in text:
+        head = text[: text.index(marker)].rstrip()
+        return printable(head, newlines=True) + "\n(--traceback shows the traceback; --json has it)"
+    return printable(text, newlines=True)
+
+
 def _skips_text(step: StepExecution) -> str:
     counts = (step.read_skip_count, step.process_skip_count, step.write_skip_count)
     if not any(counts):
@@ -311,19 +428,17 @@ def _skips_text(step: StepExecution) -> str:
     return f"{sum(counts)} ({', '.join(parts)})"
 
 
-SKIPPED_ITEM_WIDTH = 60  # characters of a skipped item shown in the table (JSON has it all)
-
-
 def print_skipped(skipped: Sequence[SkippedItem]) -> None:
-    """The items the steps skipped, with where and why."""
+    """The items the steps skipped, with where and why; each item whole, wrapped to the width."""
     table = Table(box=None, pad_edge=False, header_style="bold", title="skipped items",
                   title_justify="left", title_style="bold")
     for column in ("step", "phase", "item #", "error", "item"):
-        table.add_column(column, justify="right" if column == "item #" else "left")
+        table.add_column(
+            column, justify="right" if column == "item #" else "left",
+            overflow="fold", ratio=2 if column == "item" else (1 if column == "error" else None),
+        )
     for item in skipped:
         text = printable(str(item.item)) if item.item is not None else "-"
-        if len(text) > SKIPPED_ITEM_WIDTH:
-            text = text[: SKIPPED_ITEM_WIDTH - 1] + "…"
         table.add_row(
             printable(item.step_name or str(item.step_execution_id)),
             printable(item.phase),
@@ -337,7 +452,6 @@ def print_skipped(skipped: Sequence[SkippedItem]) -> None:
 
 def print_jobs(jobs: Sequence[Job]) -> None:
     if not jobs:
-        stderr.print("no jobs found")
         return
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("job", "description", "params", "steps"):
@@ -472,10 +586,6 @@ def error(message: str) -> None:
     sys.stderr.flush()
 
 
-def _params_text(params: dict[str, Any]) -> str:
-    return json.dumps(params, separators=(",", ":"), default=str) if params else ""
-
-
 def _local(value: datetime | None) -> str:
     return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
@@ -483,6 +593,8 @@ def _local(value: datetime | None) -> str:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if seconds < 1:  # a quick step is not "0.0s"
+        return f"{seconds * 1000:.0f}ms"
     if seconds < 60:
         return f"{seconds:.1f}s"
     minutes, secs = divmod(int(seconds), 60)
@@ -497,8 +609,12 @@ def _first_line(message: str | None) -> str:
 # -- the run display ------------------------------------------------------------------------------
 
 
+LOG_TIME_FORMAT = "[%Y-%m-%d %H:%M:%S]"  # ISO dates: `[12/01/26 ...]` reads differently by locale
+
+
 def setup_logging(*, rich_output: bool, level: int = logging.INFO) -> None:
-    """Log lines to stderr: through rich on a terminal, plain otherwise."""
+    """Log lines to stderr: through rich on a terminal (ISO time, the step's name), plain
+    otherwise."""
     root = logging.getLogger("batchctl")
     root.setLevel(level)
     for old in list(root.handlers):
@@ -507,8 +623,10 @@ def setup_logging(*, rich_output: bool, level: int = logging.INFO) -> None:
     if rich_output:
         from rich.logging import RichHandler
 
-        handler = RichHandler(console=stderr, show_path=False, markup=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler = RichHandler(
+            console=stderr, show_path=False, markup=False, log_time_format=LOG_TIME_FORMAT
+        )
+        handler.setFormatter(StepFormatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(
@@ -520,15 +638,89 @@ def setup_logging(*, rich_output: bool, level: int = logging.INFO) -> None:
     logging.getLogger("batchctl.engine").setLevel(logging.WARNING if rich_output else logging.NOTSET)
 
 
+class StepFormatter(logging.Formatter):
+    """Prefixes a log line with the name of the step running in the thread that logged it (a
+    job's own module logger says nothing of its step), and escapes what the job wrote."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from batchctl.steps import current_step
+
+        text = printable(super().format(record), newlines=True)
+        step = current_step.get()
+        return f"{printable(step)}: {text}" if step else text
+
+
+def _progress_columns() -> list[Any]:
+    """The live display's columns. Rich's own spin, pulse and count time for every unfinished
+    task, pending ones included, and stop a task with an unknown total at its first chunk
+    (completed >= the placeholder total); these follow the row's own `state` field instead:
+    pending rows are still, running rows move, ended rows are still."""
+    from rich.progress import BarColumn, ProgressColumn, SpinnerColumn, TextColumn
+    from rich.progress_bar import ProgressBar
+
+    class StepSpinner(SpinnerColumn):
+        def render(self, task: Any) -> Any:
+            if task.fields.get("state") != "running":
+                return self.finished_text
+            return self.spinner.render(task.get_time())
+
+    class StepBar(BarColumn):
+        def render(self, task: Any) -> Any:
+            state = task.fields.get("state")
+            if state == "pending" or (state == "ended" and task.total is None):
+                return ProgressBar(total=1, completed=0, width=self.bar_width,
+                                   style=self.style, complete_style=self.complete_style,
+                                   finished_style=self.finished_style,
+                                   pulse_style=self.pulse_style)
+            return ProgressBar(
+                total=task.total if state == "running" else max(task.total or 0, 1),
+                completed=task.completed, width=self.bar_width, pulse=False,
+                animation_time=task.get_time(), style=self.style,
+                complete_style=self.complete_style, finished_style=self.finished_style,
+                pulse_style=self.pulse_style,
+            )
+
+    class StepElapsed(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            elapsed = task.elapsed  # start_task to stop_task, or to now while it runs
+            if elapsed is None:
+                return Text("", style="progress.elapsed")
+            minutes, seconds = divmod(max(0, int(elapsed)), 60)
+            hours, minutes = divmod(minutes, 60)
+            return Text(f"{hours}:{minutes:02d}:{seconds:02d}", style="progress.elapsed")
+
+    return [
+        StepSpinner(finished_text=" "),
+        TextColumn("{task.description}", markup=False),
+        TextColumn("{task.fields[status]}"),
+        StepBar(bar_width=24),
+        TextColumn("{task.fields[detail]}", style="dim", markup=False),
+        StepElapsed(),
+    ]
+
+
 class LiveDisplay:
     """An engine observer that shows each step's status on a terminal while the job runs; a
     chunk step gets a progress bar: items, rate, elapsed, and the total when the reader knows.
 
     It appears once the execution is recorded (`execution_created`), listing the steps of its
-    job as `find_job` gives it."""
+    job as `find_job` gives it. Only the running step moves (its spinner, its bar when the
+    total is unknown, its elapsed time); nothing moves once the run has ended. `console` and
+    `get_time` are the terminal and the clock (tests give a recording console and a fake clock).
+    """
 
-    def __init__(self, find_job: Callable[[str], Job]) -> None:
+    def __init__(
+        self,
+        find_job: Callable[[str], Job],
+        *,
+        console: Console | None = None,
+        get_time: Callable[[], float] | None = None,
+        auto_refresh: bool = True,
+    ) -> None:
         self.find_job = find_job
+        self.console = console or stderr
+        self.get_time = get_time
+        self.auto_refresh = auto_refresh
         self.progress: Any = None
         self.tasks: dict[str, Any] = {}
         self._chunk_started: dict[str, tuple[float, int]] = {}  # when, and from which item
@@ -538,23 +730,23 @@ class LiveDisplay:
 
     def __exit__(self, *_: object) -> None:
         if self.progress is not None:
+            self._end_running("")  # an interrupted run: its rows must not spin on
             self.progress.stop()
 
     def execution_created(self, execution: JobExecution) -> None:
-        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress
 
         self.progress = Progress(
-            SpinnerColumn(finished_text=" "),
-            TextColumn("{task.description}"),
-            TextColumn("{task.fields[status]}"),
-            BarColumn(bar_width=24),
-            TextColumn("{task.fields[detail]}", style="dim"),
-            TimeElapsedColumn(),
-            console=stderr,
+            *_progress_columns(),
+            console=self.console,
             transient=False,
+            auto_refresh=self.auto_refresh,
+            get_time=self.get_time,
         )
         self.tasks = {
-            step.name: self.progress.add_task(step.name, start=False, total=1, status="pending", detail="")
+            step.name: self.progress.add_task(
+                step.name, start=False, total=None, status="pending", detail="", state="pending"
+            )
             for step in self.find_job(execution.job_name).steps
         }
         self.progress.start()
@@ -563,7 +755,7 @@ class LiveDisplay:
         task = self.tasks.get(step.name)
         if task is not None:
             self.progress.start_task(task)
-            self.progress.update(task, status=status_text(step.status).markup)
+            self.progress.update(task, status=status_text(step.status).markup, state="running")
 
     def step_checkpoint(self, step: StepExecution) -> None:
         task = self.tasks.get(step.name)
@@ -572,12 +764,10 @@ class LiveDisplay:
 
     def step_progress(self, step: StepExecution, done: int, total: int | None) -> None:
         """A chunk step committed a chunk: `done` items of `total` (None: unknown)."""
-        import time
-
         task = self.tasks.get(step.name)
         if task is None:
             return
-        now = time.monotonic()
+        now = self.progress.get_time()
         since, first = self._chunk_started.setdefault(step.name, (now, done))
         rate = (done - first) / (now - since) if now > since else 0.0
         detail = f"{done:,}" + (f" / {total:,}" if total is not None else "") + " items"
@@ -589,21 +779,36 @@ class LiveDisplay:
         task = self.tasks.get(name)
         if task is not None:
             self.progress.update(
-                task, completed=1, status="[dim]skipped[/]",
+                task, total=1, completed=1, status="[dim]skipped[/]", state="ended",
                 detail=f"completed in execution {earlier.job_execution_id}",
             )
 
     def step_ended(self, step: StepExecution) -> None:
         task = self.tasks.get(step.name)
-        if task is not None:
-            if step.name in self._chunk_started:  # a chunk step: its bar counts items
-                done = next(t.completed for t in self.progress.tasks if t.id == task)
-                if step.status == Status.COMPLETED:
-                    self.progress.update(task, total=max(done, 1), completed=max(done, 1))
-                self.progress.update(task, status=status_text(step.status).markup)
-            else:
-                self.progress.update(task, completed=1, status=status_text(step.status).markup)
-            self.progress.stop_task(task)
+        if task is None:
+            return
+        if step.name in self._chunk_started:  # a chunk step: its bar counts items
+            done = self._task(task).completed
+            if step.status == Status.COMPLETED:
+                self.progress.update(task, total=max(done, 1), completed=max(done, 1))
+        else:
+            self.progress.update(task, total=1, completed=1)
+        self.progress.update(task, status=status_text(step.status).markup, state="ended")
+        self.progress.stop_task(task)
+
+    def job_ended(self, execution: JobExecution) -> None:
+        self._end_running(status_text(execution.status).markup)
+
+    def _end_running(self, status: str) -> None:
+        """Still every row that runs (a step the run left behind): the run is over."""
+        for task in self.progress.tasks:
+            if task.fields.get("state") == "running":
+                changes = {"status": status} if status else {}
+                self.progress.update(task.id, state="ended", **changes)
+                self.progress.stop_task(task.id)
+
+    def _task(self, task_id: Any) -> Any:
+        return next(task for task in self.progress.tasks if task.id == task_id)
 
 
 class ResumeNotice:

@@ -38,7 +38,7 @@ class TaskletRunner(StepRunner):
         connection = self.repository.step_connection()
         self.ctx.connection = connection
         try:
-            status = self._run(tasklet, connection)
+            status = self._run_tasklet(tasklet, connection)
         except BaseException:
             close_quietly(connection, self.step.name)  # rolls the uncommitted SQL back
             raise
@@ -50,7 +50,7 @@ class TaskletRunner(StepRunner):
             close_quietly(connection, self.step.name)
         return status
 
-    def _run(self, tasklet: Callable[[StepContext], Any], connection: Any) -> Status:
+    def _run_tasklet(self, tasklet: Callable[[StepContext], Any], connection: Any) -> Status:
         if not self.step.is_generator:
             tasklet(self.ctx)
             return Status.COMPLETED

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
@@ -18,6 +19,10 @@ from batchctl.errors import FENCED, CommitUnknown
 from batchctl.host import describe_exit
 from batchctl.job import Step, StepContext, listener_calls
 from batchctl.model import Status, StepExecution, storable_json, unstorable_reason, utcnow
+
+current_step: ContextVar[str | None] = ContextVar("batchctl_current_step", default=None)
+"""The step running in this thread (or task), while its frame runs: the terminal's log lines
+name it, since a job's own module logger (or a library's) cannot."""
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -115,6 +120,13 @@ class StepRunner:
         it ends. A failing listener fails the step; a second Ctrl-C stops it. A completed step
         whose state or job context cannot be saved fails, so that no value is silently lost."""
         self.listeners = listeners
+        token = current_step.set(self.ctx.step_name)
+        try:
+            return self._run(listeners)
+        finally:
+            current_step.reset(token)
+
+    def _run(self, listeners: list[Any]) -> tuple[Status, str]:
         failure = call_listeners(listeners, "before_step", self.ctx)
         if failure is not None:
             return Status.FAILED, f"before_step failed: {failure}"

@@ -269,8 +269,29 @@ class CsvReader:
             try:
                 items.append(self._convert_one(row))
             except Exception as exc:
-                on_error(exc, self._raw(row), index)
+                on_error(self._naming_column(exc, row), self._raw(row), index)
         return items
+
+    def _naming_column(self, error: Exception, row: list[str]) -> Exception:
+        """`error` with the column whose conversion raised it named first (`column 'amount':
+        invalid literal...`), of the same type, so that `skip=` rules still match it; `error`
+        itself when no single column is to blame (a record of the wrong length)."""
+        if len(row) != len(self.names):
+            return error
+        for name, text in zip(self.names, row):
+            convert = converter_for(self._types[name]) if name in self._types else None
+            if convert is None or not text:
+                continue
+            try:
+                convert(text)
+            except Exception:
+                try:
+                    named = type(error)(f"column {name!r}: {error}")
+                except Exception:  # an exception type that takes other arguments
+                    return error
+                named.__cause__ = error
+                return named
+        return error
 
     def _convert_one(self, row: list[str]) -> Any:
         if len(row) != len(self.names):

@@ -9,6 +9,7 @@ restart are the operator's; they arrive here as a `decide` function run inside t
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 from typing import Any, Callable, Sequence
 
 from sqlalchemy import Connection, Row, and_, exists, func, literal, select, text, update
@@ -548,13 +549,20 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
         job_name: str | None = None,
         statuses: Sequence[Status] = (),
         limit: int | None = 20,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[JobExecution]:
-        """Read: executions, newest first."""
+        """Read: executions, newest first; created at or after `since`, before `until`."""
         query = select(*_EXECUTION_COLUMNS).join(
             job_instance, job_instance.c.id == job_execution.c.instance_id
         )
         if job_name is not None:
             query = query.where(job_execution.c.job_name == job_name)
+        if since is not None:
+            query = query.where(job_execution.c.created_at >= since)
+        if until is not None:
+            query = query.where(job_execution.c.created_at < until)
         if statuses:
             query = query.where(job_execution.c.status.in_([s.value for s in statuses]))
         query = query.order_by(job_execution.c.id.desc())
@@ -562,6 +570,20 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
             query = query.limit(limit)
         rows = self._read(lambda connection: connection.execute(query).all())
         return [execution_from_row(row) for row in rows]
+
+    def resumed_by(self, executions: Sequence[JobExecution]) -> dict[int, int]:
+        """Read: for each of `executions` that a later execution resumed, that execution's id.
+        Looked up through the instances (indexed), not `resumed_from` (which is not)."""
+        instances = sorted({execution.instance_id for execution in executions})
+        if not instances:
+            return {}
+        query = select(job_execution.c.id, job_execution.c.resumed_from).where(
+            job_execution.c.instance_id.in_(instances),
+            job_execution.c.resumed_from.is_not(None),
+        )
+        rows = self._read(lambda connection: connection.execute(query).all())
+        wanted = {execution.id for execution in executions}
+        return {row.resumed_from: row.id for row in rows if row.resumed_from in wanted}
 
     def live_executions(self, job_name: str | None = None) -> list[JobExecution]:
         """Read: every STARTING, STARTED or STOPPING execution, newest first.

@@ -372,8 +372,11 @@ def test_a_start_after_abandon_runs_the_instance_afresh(ops: Ops) -> None:
 # -- signals to a foreground start ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
+)
 def test_a_signal_to_a_foreground_start_stops_it_gracefully(ops: Ops, signum: int) -> None:
+    """SIGHUP is the terminal closing: the run must end STOPPED and restartable, not lost."""
     tag = signal.Signals(signum).name
     process = ops.popen(
         "start", "units", "--params", json.dumps({"tag": tag, "n": 100_000}),
@@ -390,6 +393,23 @@ def test_a_signal_to_a_foreground_start_stops_it_gracefully(ops: Ops, signum: in
     assert ops.steps(started.id) == {"work": Status.STOPPED}
     done = ops.units(tag)
     assert done == list(range(len(done)))
+    if signum == signal.SIGINT:
+        assert "stopping at the next checkpoint; Ctrl-C again to interrupt" in result.stderr
+
+
+def test_the_first_ctrl_c_says_at_once_what_happens_next(ops: Ops) -> None:
+    """The stop waits for a checkpoint that may be far: the message must not wait for it."""
+    process = ops.popen("start", "gate", "--params", '{"name": "notice"}')
+    wait_until(lambda: (e := ops.repository.latest_execution("gate")) and "hold" in ops.steps(e.id))
+    process.send_signal(signal.SIGINT)
+    execution = ops.repository.latest_execution("gate")
+    ops.wait_for_status(execution.id, Status.STOPPING)
+    assert process.poll() is None  # `hold` has not reached a checkpoint: still running
+    ops.open_gate("notice")
+    result = finish(process, ["start", "gate"])
+    assert result.returncode == 3, describe(result)
+    first = result.stderr.index("stopping at the next checkpoint; Ctrl-C again to interrupt")
+    assert first < result.stderr.index("step hold COMPLETED"), describe(result)
 
 
 def test_a_second_sigint_interrupts_a_step_that_ignores_the_stop(ops: Ops) -> None:

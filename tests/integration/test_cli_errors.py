@@ -85,11 +85,11 @@ def test_an_unknown_status_exits_2(run_cli, rows) -> None:
 
 
 def test_a_command_line_usage_error_exits_2_with_one_line(run_cli) -> None:
-    outcome = run_cli("show", "not-a-number")
+    outcome = run_cli("history", "--limit", "not-a-number")
     assert outcome.code == 2
     assert outcome.err_lines == [
-        "batchctl: error: Invalid value for 'ID': 'not-a-number' is not a valid int. "
-        "(see 'batchctl show --help')"
+        "batchctl: error: Invalid value for '--limit' / '-n': 'not-a-number' is not a valid "
+        "int range. (see 'batchctl history --help')"
     ]
 
 
