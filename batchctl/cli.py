@@ -268,6 +268,61 @@ def workers(ctx: typer.Context, as_json: JsonOption = False) -> None:
                   lambda: render.print_workers(found), as_json=as_json)
 
 
+@app.command()
+def listen(
+    ctx: typer.Context,
+    url: Annotated[
+        str,
+        typer.Argument(
+            envvar="BATCHCTL_LISTEN_URL",
+            help="Broker URL: amqp://user:pass@host:5672/vhost (RabbitMQ) or redis://host:6379/0.",
+        ),
+    ],
+    queue: Annotated[
+        str, typer.Option("--queue", "-q", help="Queue (RabbitMQ) or stream (Redis) of commands.")
+    ] = "batchctl.commands",
+    group: Annotated[str, typer.Option("--group", help="Redis consumer group.")] = "batchctl",
+    max_running: Annotated[
+        Optional[int],
+        typer.Option("--max-running", min=1, help="At most N live executions started by this listener."),
+    ] = None,
+    commands_only: Annotated[
+        bool, typer.Option("--commands-only", help="Consume commands; publish no events.")
+    ] = False,
+    events_only: Annotated[
+        bool, typer.Option("--events-only", help="Publish events; consume no commands.")
+    ] = False,
+    events_to: Annotated[
+        str, typer.Option("--events-to", help="Topic exchange (RabbitMQ) or stream (Redis) of events.")
+    ] = "batchctl.events",
+    events_maxlen: Annotated[
+        int, typer.Option("--events-maxlen", min=1, help="Redis: trim the event stream to about N entries.")
+    ] = 100_000,
+    claim_after: Annotated[
+        float,
+        typer.Option("--claim-after", min=0.1, help="Redis: claim another consumer's entries pending this many seconds."),
+    ] = 60.0,
+    max_deliveries: Annotated[
+        int, typer.Option("--max-deliveries", min=1, help="Dead-letter a message that failed N deliveries.")
+    ] = 5,
+) -> None:
+    """The message trigger: commands from RabbitMQ or Redis, events out, until SIGTERM."""
+    from batchctl import render
+    from batchctl.errors import UsageError
+    from batchctl.listener import ListenOptions, listen as serve
+
+    if commands_only and events_only:
+        raise UsageError("--commands-only and --events-only exclude each other")
+    os.environ.pop("BATCHCTL_LISTEN_URL", None)  # never inherited by a launched job
+    render.setup_logging(rich_output=False)
+    options = ListenOptions(
+        url=url, queue=queue, group=group, max_running=max_running, commands=not events_only,
+        events=not commands_only, events_to=events_to, events_maxlen=events_maxlen,
+        claim_after=claim_after, max_deliveries=max_deliveries,
+    )
+    serve(_batch(ctx), options)
+
+
 @app.command(HIDDEN_COMMAND, hidden=True)
 def run_execution(
     ctx: typer.Context,

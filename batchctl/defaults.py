@@ -37,6 +37,7 @@ ENV_PROJECT_DIR = "BATCHCTL_PROJECT_DIR"  # what relative paths in items are rel
 
 HIDDEN_COMMAND = "run-execution"  # `python -m batchctl run-execution ID`: a detached execution's process
 LOG_FILE_MODE = 0o600  # a detached execution's log: readable by its owner only (params, data)
+SERVICE_SECRET_ENV = ("BATCHCTL_LISTEN_URL",)  # a service's secrets: never passed to a job it launches
 
 # -- the engine -----------------------------------------------------------------------------------------
 

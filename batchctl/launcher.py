@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from batchctl.config import Config
-from batchctl.defaults import HIDDEN_COMMAND, LOG_FILE_MODE, LOG_FINAL_WAIT, LOG_FOLLOW_POLL
+from batchctl.defaults import HIDDEN_COMMAND, LOG_FILE_MODE, SERVICE_SECRET_ENV, LOG_FINAL_WAIT, LOG_FOLLOW_POLL
 from batchctl.errors import EnvironmentProblem, UsageError
 from batchctl.host import process_alive  # noqa: F401 - re-exported: tests and callers use it here
 from batchctl.model import JobExecution
@@ -111,6 +111,8 @@ def child_env(config: Config) -> dict[str, str]:
     fully resolved, so that the child needs no config file and no password on its command line."""
     env = dict(os.environ)
     env.pop("BATCHCTL_CONFIG", None)
+    for name in SERVICE_SECRET_ENV:  # a service's own secrets (a broker's URL) stay with it
+        env.pop(name, None)
     env.update(
         BATCHCTL_DATABASE_URL=config.database_url,
         BATCHCTL_JOBS_DIR=str(config.jobs_dir),

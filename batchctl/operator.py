@@ -307,6 +307,7 @@ class Batch(ScheduleOperations):
         on_tracker: Callable[[Any], None] | None = None,
         handle_signals: bool = False,
         trigger: Trigger | None = None,
+        also: Callable[[Any, JobExecution], None] | None = None,
     ) -> JobExecution:
         """Run `job` with `params` and return the execution.
 
@@ -321,9 +322,13 @@ class Batch(ScheduleOperations):
         tracker (its `request_stop()` asks for a graceful stop). `handle_signals=True` routes
         Ctrl-C, SIGTERM and SIGHUP to that graceful stop while a foreground run lasts; only the
         main thread may install signal handlers, so it is off by default. `trigger` records what
-        started it (a Python caller by default: `Trigger("api")`).
+        started it (a Python caller by default: `Trigger("api")`). `also(connection, execution)`
+        runs in the transaction that records the execution (a trigger's ledger row: a message
+        id, a schedule's fire), so it commits exactly when the execution does.
         """
-        execution, found = self._create_start(job, params, detach=detach, trigger=trigger)
+        execution, found = self._create_start(
+            job, params, detach=detach, trigger=trigger, also=also
+        )
         return self._proceed(
             found, execution, detach=detach, observers=observers, on_tracker=on_tracker,
             handle_signals=handle_signals,
@@ -338,10 +343,11 @@ class Batch(ScheduleOperations):
         on_tracker: Callable[[Any], None] | None = None,
         handle_signals: bool = False,
         trigger: Trigger | None = None,
+        also: Callable[[Any, JobExecution], None] | None = None,
     ) -> JobExecution:
         """Resume the STOPPED or FAILED instance named by `target`: an execution id, or a job
         name for the job's most recently created execution (see `start` for the keywords)."""
-        execution, found = self._create_restart(target, detach=detach, trigger=trigger)
+        execution, found = self._create_restart(target, detach=detach, trigger=trigger, also=also)
         return self._proceed(
             found, execution, detach=detach, observers=observers, on_tracker=on_tracker,
             handle_signals=handle_signals,
@@ -399,7 +405,12 @@ class Batch(ScheduleOperations):
         return execution, found
 
     def _create_restart(
-        self, target: str | int, *, detach: bool = False, trigger: Trigger | None = None
+        self,
+        target: str | int,
+        *,
+        detach: bool = False,
+        trigger: Trigger | None = None,
+        also: Callable[[Any, JobExecution], None] | None = None,
     ) -> tuple[JobExecution, Job]:
         """Record the STARTING execution of a restart without running it."""
         if detach:
@@ -413,6 +424,7 @@ class Batch(ScheduleOperations):
             restart_rule,
             process=None if detach else this_process(),
             trigger=trigger,
+            also=also,
         )
         return execution, found
 
@@ -511,7 +523,12 @@ class Batch(ScheduleOperations):
     # -- stopping, abandoning, lost processes --------------------------------------------------------
 
     def stop(
-        self, target: str | int, *, wait: bool = False, timeout: float | None = None
+        self,
+        target: str | int,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+        also: Callable[[Any, JobExecution], None] | None = None,
     ) -> JobExecution:
         """Ask the live execution named by `target` to stop; with `wait`, until it has ended.
 
@@ -520,7 +537,7 @@ class Batch(ScheduleOperations):
         """
         execution = self._resolve(target)
         self.recover_lost(execution.job_name)
-        stopping = self.repository.request_stop(execution.id)
+        stopping = self.repository.request_stop(execution.id, also=also)
         if stopping is None:
             raise NotLive(self._not_live_message(self.execution(execution.id)))
         if not wait:
@@ -543,12 +560,18 @@ class Batch(ScheduleOperations):
                 )
             time.sleep(STOP_WAIT_POLL)
 
-    def abandon(self, target: str | int) -> JobExecution:
+    def abandon(
+        self,
+        target: str | int,
+        *,
+        also: Callable[[Any, JobExecution], None] | None = None,
+    ) -> JobExecution:
         """Mark a STOPPED, FAILED or UNKNOWN execution ABANDONED: never to be restarted.
-        `target` is an execution id, or a job name for the job's most recent execution."""
+        `target` is an execution id, or a job name for the job's most recent execution
+        (`also`: as for `start`, run in the transaction of the change; `stop` takes it too)."""
         execution = self.execution(target)
         execution_id = execution.id
-        abandoned = self.repository.abandon(execution_id)
+        abandoned = self.repository.abandon(execution_id, also=also)
         if abandoned is None:
             current = self.execution(execution_id)
             later = self.repository.later_execution(current)

@@ -145,6 +145,7 @@ class Context:
 
     quick: bool = False
     databases: Sequence[str] = DATABASES
+    long: bool = False  # --long: the full sizes of the long benchmarks
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="batchctl-bench-")))
     _cleanups: list[Callable[[], None]] = field(default_factory=list)
 

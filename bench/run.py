@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", metavar="NAME", choices=sorted(BENCHES),
                         help="run only this benchmark (repeatable): " + ", ".join(BENCHES))
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, noisier figures")
+    parser.add_argument("--long", action="store_true",
+                        help="the full sizes of the long benchmarks (mq: 500 messages, not 100)")
     parser.add_argument("--database", action="append", choices=DATABASES,
                         help="only this database (repeatable; default: both)")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     chosen = [BENCHES[name] for name in (args.only or BENCHES)]
-    ctx = Context(quick=args.quick, databases=tuple(args.database or DATABASES))
+    ctx = Context(quick=args.quick, databases=tuple(args.database or DATABASES), long=args.long)
     rows: list[Row] = []
     failed = False
     try:

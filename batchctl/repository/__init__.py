@@ -8,6 +8,6 @@ objects) <- `base` (RepositoryBase: transactions, versioned updates, fencing) <-
 
 from batchctl.repository.base import Fence, settle
 from batchctl.repository.connect import translate_errors
-from batchctl.repository.store import Decide, Repository
+from batchctl.repository.store import Also, Decide, Repository
 
-__all__ = ["Decide", "Fence", "Repository", "settle", "translate_errors"]
+__all__ = ["Also", "Decide", "Fence", "Repository", "settle", "translate_errors"]

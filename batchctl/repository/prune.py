@@ -22,6 +22,7 @@ from sqlalchemy import Connection, ColumnElement, Table, and_, delete, exists, f
 from batchctl.model import ABANDONABLE_STATUSES, LIVE_STATUSES, Status
 from batchctl.repository.base import RepositoryBase
 from batchctl.repository.tables import (
+    command_message,
     event,
     job_execution,
     job_instance,
@@ -59,6 +60,7 @@ EXECUTION_CHILDREN: tuple[Owned, ...] = (
     Owned(skipped_item, "step_execution_id", via=_STEPS),
     Owned(event, "execution_id"),
     Owned(schedule_fire, "execution_id"),
+    Owned(command_message, "execution_id"),
     _STEPS,
 )
 

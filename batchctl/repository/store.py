@@ -61,6 +61,11 @@ Decide = Callable[[JobExecution | None], JobExecution | None]
 """Given the instance's last execution, return the execution to resume from (None: afresh),
 or raise a Refused error."""
 
+Also = Callable[[Connection, JobExecution], None]
+"""Extra work a caller runs in the transaction of a change, given the changed execution: a
+trigger's ledger row (a message id, a schedule's fire) that must commit exactly when the change
+does. It may raise to roll the change back."""
+
 _EXECUTION_COLUMNS = (*job_execution.c, job_instance.c.params)
 
 # A chunk's checkpoint: every counter and the context, conditional on the version, as the
@@ -111,13 +116,11 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
         *,
         process: dict[str, Any] | None = None,
         trigger: Trigger | None = None,
-        also: Callable[[Connection, JobExecution], None] | None = None,
+        also: Also | None = None,
     ) -> JobExecution:
         """Claim: create the instance if new, and a STARTING execution of it if `decide` allows.
         `process`: the host, pid and pid_scope of the process that will run it, when known;
-        `trigger`: what started it; `also(connection, execution)`: more work in the same
-        transaction once the execution is inserted (a schedule's fire, `fire_recorder`), which
-        may raise to roll everything back.
+        `trigger`: what started it; `also(connection, execution)`: run in the same transaction.
 
         The decision and the insert are one serializable transaction, and the partial unique
         index on live executions refuses a second live execution whatever the race.
@@ -125,12 +128,9 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
 
         def change(connection: Connection) -> JobExecution:
             instance_id = self._instance_id(connection, job_name, job_key, params)
-            execution = self._insert_execution(
-                connection, instance_id, decide, process or {}, trigger
+            return self._insert_execution(
+                connection, instance_id, decide, process or {}, trigger, also
             )
-            if also is not None:
-                also(connection, execution)
-            return execution
 
         return self._claim(change)
 
@@ -141,11 +141,13 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
         *,
         process: dict[str, Any] | None = None,
         trigger: Trigger | None = None,
+        also: Also | None = None,
     ) -> JobExecution:
-        """Claim: a new STARTING execution of an existing instance if `decide` allows."""
+        """Claim: a new STARTING execution of an existing instance if `decide` allows (`also`:
+        as for `create_execution`)."""
         return self._claim(
             lambda connection: self._insert_execution(
-                connection, instance_id, decide, process or {}, trigger
+                connection, instance_id, decide, process or {}, trigger, also
             )
         )
 
@@ -174,6 +176,7 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
         decide: Decide,
         process: dict[str, Any],
         trigger: Trigger | None,
+        also: Also | None = None,
     ) -> JobExecution:
         last = self._last_execution_of_instance(connection, instance_id)
         resumed = decide(last)
@@ -197,13 +200,17 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
         record_execution_event(connection, new_id, Status.STARTING)
         row = self._execution_row(connection, new_id)
         assert row is not None  # inserted in this transaction
-        return execution_from_row(row)
+        execution = execution_from_row(row)
+        if also is not None:
+            also(connection, execution)
+        return execution
 
-    def request_stop(self, execution_id: int) -> JobExecution | None:
+    def request_stop(self, execution_id: int, *, also: Also | None = None) -> JobExecution | None:
         """Claim: STARTING/STARTED -> STOPPING in one conditional update.
 
         Returns the execution after the request (STOPPING), or None when it was not live.
-        An execution already STOPPING is returned unchanged.
+        An execution already STOPPING is returned unchanged. `also(connection, execution)` runs
+        in the same transaction when the execution is STOPPING.
         """
 
         def change(connection: Connection) -> JobExecution | None:
@@ -221,18 +228,23 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
             if row is None:
                 raise UnknownExecution(f"no execution with id {execution_id}")
             found = execution_from_row(row)
-            return found if found.status == Status.STOPPING else None
+            if found.status != Status.STOPPING:
+                return None
+            if also is not None:
+                also(connection, found)
+            return found
 
         return self._write(change)
 
-    def abandon(self, execution_id: int) -> JobExecution | None:
+    def abandon(self, execution_id: int, *, also: Also | None = None) -> JobExecution | None:
         """Claim: STOPPED/FAILED/UNKNOWN -> ABANDONED in one conditional update, only for the
         last execution of its instance (one that a later execution resumed is history). Any
         step execution it left live ends ABANDONED with it.
 
         Serializable, as the insert of a restart is: of a restart and an abandon of the same
         execution at once, one wins and the other is refused. Returns the abandoned execution,
-        or None when its status or a later execution did not allow it.
+        or None when its status or a later execution did not allow it. `also(connection,
+        execution)` runs in the same transaction when it was abandoned.
         """
         allowed = [s.value for s in ABANDONABLE_STATUSES]
         later = job_execution.alias("later")
@@ -259,7 +271,10 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
                 return None
             record_execution_event(connection, execution_id, Status.ABANDONED)
             _end_live_steps(connection, execution_id, Status.ABANDONED, "execution abandoned")
-            return execution_from_row(row)
+            abandoned = execution_from_row(row)
+            if also is not None:
+                also(connection, abandoned)
+            return abandoned
 
         return self._write(change, serializable=True)
 

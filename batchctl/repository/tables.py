@@ -273,3 +273,30 @@ schedule_state = Table(
     Column("paused_at", UTCDateTime),
     Column("resumed_at", UTCDateTime),
 )
+
+# The message listener's ledger of commands it carried out (`batchctl listen`): one row per
+# message id, written in the transaction of the command's change (the execution's insert for
+# start and restart, the status change for stop and abandon), so that a redelivered message
+# finds it and does nothing. A per-execution child table: pruned with its execution
+# (batchctl.repository.prune.EXECUTION_CHILDREN).
+command_message = Table(
+    "command_message",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_id", String(255), nullable=False, unique=True),
+    Column("command", String(16), nullable=False),
+    Column("execution_id", Id),
+    Column("outcome", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_command_message_execution_id", "execution_id"),
+)
+
+# Where each event publisher got to in the outbox: the last event id a broker confirmed, keyed
+# by the destination (broker address without credentials, exchange or stream).
+publish_cursor = Table(
+    "publish_cursor",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("event_id", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
