@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -22,6 +22,7 @@ from batchctl.errors import (
     BatchctlError,
     NotAbandonable,
     NotLive,
+    NotRerunnable,
     NotRestartable,
     Refused,
     StopTimeout,
@@ -30,6 +31,7 @@ from batchctl.errors import (
 from batchctl.job import Job
 from batchctl.model import (
     JobExecution,
+    JobInstance,
     SkippedItem,
     Status,
     StepExecution,
@@ -57,7 +59,7 @@ def start_rule(last: JobExecution | None) -> JobExecution | None:
     if last.status == Status.COMPLETED:
         raise AlreadyComplete(
             f"job {last.job_name} already completed with these params (execution {last.id}); "
-            "a different param value makes a new instance"
+            "a different param value makes a new instance, and --rerun runs these params again"
         )
     if last.status.is_restartable:
         return last
@@ -65,6 +67,21 @@ def start_rule(last: JobExecution | None) -> JobExecution | None:
         f"the last execution of this instance ({last.id}) is {last.status.value}: it may have "
         f"committed work; check it, then 'batchctl abandon {last.id}' to run the instance afresh"
     )
+
+
+def rerun_rule(last: JobExecution | None) -> JobExecution | None:
+    """What `start --rerun` does given the last execution of the params' instance: None (a new
+    instance, linked to the first of these params, runs afresh) when it COMPLETED or was
+    ABANDONED, or there is none; a Refused error otherwise. An instance that may resume is
+    refused rather than repeated: its committed work would be done twice (restart it instead)."""
+    if last is None or last.status in (Status.COMPLETED, Status.ABANDONED):
+        return None
+    if last.status.is_restartable:
+        raise NotRerunnable(
+            f"job {last.job_name} with these params is {last.status.value} (execution {last.id}); "
+            f"only a COMPLETED instance runs again: resume it with 'batchctl restart {last.id}'"
+        )
+    return start_rule(last)  # live or UNKNOWN: refused as a start refuses them
 
 
 def restart_rule(last: JobExecution | None) -> JobExecution | None:
@@ -146,6 +163,52 @@ def this_process() -> dict[str, Any]:
     return {"host": host_name(), "pid": os.getpid(), "pid_scope": pid_scope()}
 
 
+@dataclass(frozen=True)
+class StartPlan:
+    """What `start` would do with these params, decided by the rule `start` uses, without
+    writing anything (`start --dry-run`, `Batch.plan_start`).
+
+    `action` is one of "new" (a new instance), "resume" (of execution `resumes`), "afresh" (an
+    instance whose last execution was abandoned runs again from its first step), "rerun" (a new
+    instance, rerun number `rerun` of instance `rerun_of`), "refused" (`refusal` says why,
+    `exit_code` is the refusal's). `instance_key` and `instance_id` are those of the instance
+    it would run (`instance_id` None: one not made yet). `lost`: the instance's last execution
+    is live but its process is lost; a start marks it so (FAILED or STOPPED) before deciding.
+    """
+
+    job: str
+    params: dict[str, Any]
+    instance_key: str
+    action: str
+    instance_id: int | None = None
+    last_execution_id: int | None = None
+    last_status: Status | None = None
+    resumes: int | None = None
+    rerun_of: int | None = None
+    rerun: int = 0
+    lost: str | None = None
+    refusal: str | None = None
+    exit_code: int = 0
+
+    @property
+    def description(self) -> str:
+        """One sentence: what the start would do."""
+        if self.action == "new":
+            return f"would start a new instance of job {self.job}"
+        if self.action == "resume":
+            return f"would resume instance {self.instance_id} from execution {self.resumes}"
+        if self.action == "afresh" and self.last_execution_id is None:
+            return f"would run instance {self.instance_id}, which has no executions"
+        if self.action == "afresh":
+            return (
+                f"would run instance {self.instance_id} afresh (its last execution, "
+                f"{self.last_execution_id}, was abandoned)"
+            )
+        if self.action == "rerun":
+            return f"would start rerun {self.rerun} of instance {self.rerun_of} as a new instance"
+        return f"would be refused (exit {self.exit_code}): {self.refusal}"
+
+
 # -- the API --------------------------------------------------------------------------------------
 
 
@@ -157,7 +220,8 @@ class Batch:
     execution = batch.start("eod", {"date": "2024-01-31"})
     ```
 
-    Operations: `start`, `restart`, `stop`, `abandon`, `recover_lost`; reading: `history`,
+    Operations: `start`, `restart`, `stop`, `abandon`, `recover_lost`; `plan_start` says what a
+    start would do without doing it; reading: `history`,
     `execution`, `step_executions`, `skipped_items`, `jobs`, `job`, `workers`; `run_worker`;
     `upgrade_schema`; `close` (or use it as a context manager). Methods with a leading
     underscore are the steps these are made of and may change.
@@ -246,6 +310,7 @@ class Batch:
         observers: Iterable[Any] = (),
         on_tracker: Callable[[Any], None] | None = None,
         handle_signals: bool = False,
+        rerun: bool = False,
     ) -> JobExecution:
         """Run `job` with `params` and return the execution.
 
@@ -254,6 +319,11 @@ class Batch:
         its `log_path` the log file). A new instance runs afresh; a FAILED or STOPPED one
         resumes (`execution.resumed_from`); a live or COMPLETED one is refused.
 
+        `rerun=True` runs params whose instance COMPLETED (or was abandoned) again, as a new
+        instance linked to the first one of these params (`execution.rerun_of`, numbered
+        `execution.rerun`); an instance that is live or may resume is refused (restart it).
+        Without it a completed instance never runs again: a typo or a retry cannot repeat a day.
+
         `observers` first receive `execution_created(execution)` once the execution is
         recorded (before it runs or is launched: where a caller says "resuming"), then, in a
         foreground run, the engine's events. `on_tracker` receives the running execution's
@@ -261,7 +331,7 @@ class Batch:
         Ctrl-C and SIGTERM to that graceful stop while a foreground run lasts; only the main
         thread may install signal handlers, so it is off by default.
         """
-        execution, found = self._create_start(job, params, detach=detach)
+        execution, found = self._create_start(job, params, detach=detach, rerun=rerun)
         return self._proceed(
             found, execution, detach=detach, observers=observers, on_tracker=on_tracker,
             handle_signals=handle_signals,
@@ -307,8 +377,59 @@ class Batch:
             handle_signals=handle_signals,
         )
 
+    def plan_start(
+        self, job: str | Job, params: Mapping[str, Any] | None = None, *, rerun: bool = False
+    ) -> StartPlan:
+        """What `start(job, params, rerun=rerun)` would do, writing nothing: the params are
+        validated and converted (InvalidParams, as `start` raises it), then the instance and its
+        last execution are read and judged by the rule `start` applies; a refusal is returned in
+        the plan, not raised. A live last execution whose process is lost is judged as the
+        start would find it once it marked it lost."""
+        found = job if isinstance(job, Job) else self.job(job)
+        converted = found.convert_params(params or {})
+        self._check_partition_modes(found)
+        key = instance_key(converted)
+        instance, last = self.repository.current_instance(found.name, key)
+        lost = self._lost_reason(last) if last is not None else None
+        if last is not None and lost is not None:
+            last = replace(last, status=lost_status(last))
+        plan = StartPlan(
+            job=found.name,
+            params=params_to_json(converted),
+            instance_key=instance.job_key if instance is not None else key,
+            action="new",
+            instance_id=instance.id if instance is not None else None,
+            last_execution_id=last.id if last is not None else None,
+            last_status=last.status if last is not None else None,
+            lost=lost,
+        )
+        try:
+            resumed = (rerun_rule if rerun else start_rule)(last)
+        except Refused as exc:
+            return replace(plan, action="refused", refusal=exc.message, exit_code=exc.exit_code)
+        if instance is None:
+            return plan
+        if rerun:
+            return self._rerun_plan(plan, instance, converted)
+        if resumed is not None:
+            return replace(plan, action="resume", resumes=resumed.id)
+        return replace(plan, action="afresh")
+
+    @staticmethod
+    def _rerun_plan(plan: StartPlan, instance: JobInstance, converted: Mapping[str, Any]) -> StartPlan:
+        number = instance.rerun + 1
+        return replace(
+            plan, action="rerun", instance_key=instance_key(converted, number), instance_id=None,
+            rerun_of=instance.rerun_of or instance.id, rerun=number,
+        )
+
     def _create_start(
-        self, job: str | Job, params: Mapping[str, Any] | None = None, *, detach: bool = False
+        self,
+        job: str | Job,
+        params: Mapping[str, Any] | None = None,
+        *,
+        detach: bool = False,
+        rerun: bool = False,
     ) -> tuple[JobExecution, Job]:
         """Record a STARTING execution for `start` without running it."""
         if detach:
@@ -321,8 +442,9 @@ class Batch:
             found.name,
             instance_key(converted),
             params_to_json(converted),
-            start_rule,
+            rerun_rule if rerun else start_rule,
             process=None if detach else this_process(),
+            rerun_key=(lambda number: instance_key(converted, number)) if rerun else None,
         )
         return execution, found
 
@@ -505,19 +627,24 @@ class Batch:
         """Mark `execution` lost if its process is: FAILED (STOPPED if it was stopping), its
         live steps and partitions with it. This revokes the process's ownership: if it is in
         fact still running (paused, or misjudged), its next write is refused."""
-        from batchctl.host import process_alive, same_pid_scope
 
         def decide(current: JobExecution) -> tuple[Status, str] | None:
-            reason = lost_reason(
-                current,
-                now=utcnow(),
-                timeout=self.config.heartbeat_timeout,
-                pid_visible=lambda e: same_pid_scope(e.host, e.pid_scope),
-                process_alive=process_alive,
-            )
+            reason = self._lost_reason(current)
             return None if reason is None else (lost_status(current), reason)
 
         return self._end(execution, decide)
+
+    def _lost_reason(self, execution: JobExecution) -> str | None:
+        """Why `execution` is taken as lost, judged from this process (see `lost_reason`)."""
+        from batchctl.host import process_alive, same_pid_scope
+
+        return lost_reason(
+            execution,
+            now=utcnow(),
+            timeout=self.config.heartbeat_timeout,
+            pid_visible=lambda e: same_pid_scope(e.host, e.pid_scope),
+            process_alive=process_alive,
+        )
 
     def _end(
         self,

@@ -14,9 +14,9 @@ from sqlalchemy.exc import DBAPIError
 from batchctl.errors import EnvironmentProblem
 from batchctl.repository.connect import READ_ONLY
 
-HEAD_REVISION = "0004"  # the newest migration; a test checks it against Alembic's head
+HEAD_REVISION = "0005"  # the newest migration; a test checks it against Alembic's head
 MIGRATIONS = Path(__file__).with_name("migrations")
-KNOWN_REVISIONS = {"0001", "0002", "0003", "0004"}
+KNOWN_REVISIONS = {"0001", "0002", "0003", "0004", "0005"}
 
 
 def current_revision(engine: Engine) -> str | None:

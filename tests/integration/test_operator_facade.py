@@ -17,7 +17,7 @@ from batchctl.model import Status
 from batchctl.operator import Batch
 
 PUBLIC = {
-    "start", "restart", "stop", "abandon", "recover_lost", "history", "execution",
+    "start", "plan_start", "restart", "stop", "abandon", "recover_lost", "history", "execution",
     "step_executions", "skipped_items", "jobs", "job", "workers", "run_worker",
     "upgrade_schema", "close", "from_config", "config", "repository", "registry",
 }
