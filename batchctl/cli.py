@@ -126,17 +126,40 @@ def start(
     params: Annotated[
         Optional[str], typer.Option("--params", "-p", help="Params as a JSON object.")
     ] = None,
+    param: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--param", "-P", metavar="KEY=VALUE",
+            help="One param, its value a string the declared type converts (repeatable).",
+        ),
+    ] = None,
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Run in a new process; print its id and return.")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Check the params and say what a start would do; write nothing."),
+    ] = False,
+    rerun: Annotated[
+        bool,
+        typer.Option("--rerun", help="Run params whose instance completed again, as a new instance."),
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Run a job. Exit code: 0 completed, 1 failed, 3 stopped (--detach: 0 once launched)."""
     from batchctl.model import parse_params
 
-    given = parse_params(params)
+    given = parse_params(params, param or ())
     batch = _batch(ctx)
-    _run_or_launch(batch, partial(batch.start, job, given), detach=detach, as_json=as_json)
+    if dry_run:
+        from batchctl import render
+
+        plan = batch.plan_start(job, given, rerun=rerun)
+        render.output(render.plan_dict(plan), lambda: render.print_plan(plan), as_json=as_json)
+        raise typer.Exit(plan.exit_code)
+    _run_or_launch(
+        batch, partial(batch.start, job, given, rerun=rerun), detach=detach, as_json=as_json
+    )
 
 
 @app.command()

@@ -237,7 +237,7 @@ class JobRunner:
 
     def _run_started(self, started: JobExecution) -> JobExecution:
         try:
-            params = self.job.convert_params(started.params)
+            params = self.job.convert_params(started.params, stored=True)
         except Exception as exc:
             return self._finish(Status.FAILED, describe_exception(exc))
         job_context = dict(started.context)

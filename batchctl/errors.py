@@ -84,6 +84,10 @@ class NotRestartable(Refused):
     """Only a STOPPED or FAILED execution can be restarted."""
 
 
+class NotRerunnable(Refused):
+    """Only a COMPLETED or ABANDONED instance can be run again with --rerun."""
+
+
 class NotLive(Refused):
     """The execution is not live."""
 

@@ -223,12 +223,16 @@ class Job:
     @job.tasklet
     def open_day(ctx: StepContext) -> None: ...
     ```
+
+    `extra_params=True` accepts params the job does not declare (kept as given); without it a
+    name that is not declared is refused, so that a typo never makes a new instance.
     """
 
     name: str
     description: str = ""
     params: Mapping[str, type | Param] = field(default_factory=dict)
     listeners: list[Any] = field(default_factory=list)
+    extra_params: bool = False
     steps: list[Step] = field(default_factory=list, init=False)
     defined_in: str = field(default="", init=False, compare=False)
     schedules: list[_schedule.Schedule] = field(default_factory=list, init=False, compare=False)
@@ -254,9 +258,17 @@ class Job:
     def declared_params(self) -> Mapping[str, Param]:
         return self.params  # type: ignore[return-value]
 
-    def convert_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate and type the params given as JSON; raise InvalidParams naming the bad one."""
-        return convert_params(self.declared_params, given)
+    def convert_params(self, given: Mapping[str, Any], *, stored: bool = False) -> dict[str, Any]:
+        """Validate and type the params given as JSON; raise InvalidParams naming the bad one.
+
+        A name the job does not declare is refused unless the job was declared with
+        `extra_params=True`. `stored`: the params an instance was created with, typed again to
+        run it; an undeclared name there is kept, so that removing a declaration from the job
+        never strands an instance that can then neither restart nor finish.
+        """
+        return convert_params(
+            self.declared_params, given, extra=self.extra_params or stored, job_name=self.name
+        )
 
     # -- steps ----------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from batchctl.errors import InvalidParams, UnknownExecution, UnstorableValue, UsageError
 
@@ -135,6 +135,8 @@ class JobInstance:
     job_key: str
     params: dict[str, Any]
     created_at: datetime
+    rerun_of: int | None = None  # a deliberate rerun: the first instance of the same params
+    rerun: int = 0  # its rerun number (0: the first instance of these params)
 
 
 @dataclass
@@ -162,6 +164,8 @@ class JobExecution:
     context: dict[str, Any] = field(default_factory=dict)
     resumed_from: int | None = None
     log_path: str | None = None
+    rerun_of: int | None = None  # the instance's: see JobInstance
+    rerun: int = 0
 
     @property
     def duration(self) -> float | None:
@@ -340,6 +344,8 @@ MAX_PARAM_DEPTH = 100  # nesting levels of a param value: far beyond real params
 MAX_INT_DIGITS = 4_000  # digits of an integer in params: Python refuses to print beyond 4,300
 _INT_LIMIT = 10**MAX_INT_DIGITS
 SHOWN_VALUE_WIDTH = 60  # characters of a refused value quoted in an error
+CLOSE_NAME_CUTOFF = 0.5  # difflib similarity for "did you mean": low enough that `day` finds
+# `date`; a job declares few params, and the hint lists them all anyway
 
 
 class _Refused(str):
@@ -358,22 +364,47 @@ def _parse_int(text: str) -> int | _Refused:
     return int(text)
 
 
-def parse_params(text: str | None) -> dict[str, Any]:
-    """The `--params` JSON object; InvalidParams for anything else, naming the param when one
-    value is the problem: nesting past MAX_PARAM_DEPTH, NaN or Infinity, an integer of more than
-    MAX_INT_DIGITS digits."""
+PARAMS_EXAMPLE = """--params '{"date": "2024-01-31"}' or -P date=2024-01-31"""
+"""Valid input, quoted by the errors of `--params` and `--param`."""
+
+
+def parse_params(text: str | None, pairs: Sequence[str] = ()) -> dict[str, Any]:
+    """The params of `start`: the `--params` JSON object merged with the `--param key=value`
+    pairs; InvalidParams for anything else.
+
+    A pair's value is a string, as it would be in JSON (`-P n=5` is `{"n": "5"}`): the declared
+    type converts it, so a shell or a crontab never needs JSON quoting. A name given twice (in
+    both, or in two pairs) is refused rather than one silently winning. A JSON value is refused
+    naming the param when it nests past MAX_PARAM_DEPTH, holds NaN or Infinity, or an integer of
+    more than MAX_INT_DIGITS digits.
+    """
+    given = _parse_params_json(text)
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise InvalidParams(f"--param expects key=value, got {_shown(pair)} (example: {PARAMS_EXAMPLE})")
+        if name in given:
+            raise InvalidParams(f"param {name!r} is given twice (in --params or --param)")
+        given[name] = value
+    return given
+
+
+def _parse_params_json(text: str | None) -> dict[str, Any]:
     if text is None or not text.strip():
         return {}
     try:
         value = json.loads(text, parse_constant=_not_a_number, parse_int=_parse_int)
     except json.JSONDecodeError as exc:
-        raise InvalidParams(f"--params is not valid JSON: {exc.msg} at character {exc.pos}") from None
+        raise InvalidParams(
+            f"--params is not valid JSON: {exc.msg} at character {exc.pos} "
+            f"(example: {PARAMS_EXAMPLE})"
+        ) from None
     except RecursionError:
         raise InvalidParams(
             f"--params is nested too deeply (at most {MAX_PARAM_DEPTH} levels)"
         ) from None
     if not isinstance(value, dict):
-        raise InvalidParams("--params must be a JSON object, like '{\"date\": \"2024-01-31\"}'")
+        raise InvalidParams(f"--params must be a JSON object (example: {PARAMS_EXAMPLE})")
     for name, item in value.items():
         check_param_value(name, item)
     return value
@@ -421,15 +452,27 @@ class Param:
         return self.default is _REQUIRED
 
 
-def convert_params(declared: Mapping[str, Param], given: Mapping[str, Any]) -> dict[str, Any]:
+def convert_params(
+    declared: Mapping[str, Param],
+    given: Mapping[str, Any],
+    *,
+    extra: bool = False,
+    job_name: str | None = None,
+) -> dict[str, Any]:
     """Validate `given` (a JSON object) against the declared params and return typed values.
 
-    Undeclared params are kept as given; declared ones are converted from their JSON form.
+    Declared params are converted from their JSON form. A name that is not declared is refused
+    (InvalidParams, naming it and the closest declared name), because a typo would otherwise make
+    a new instance and run again a day that already completed; with `extra` (a job declared with
+    `extra_params=True`) undeclared params are kept as given.
     """
     if not isinstance(given, Mapping):
         raise InvalidParams("params must be a JSON object")
     for name, value in given.items():
         check_param_value(str(name), value)
+    unknown = [name for name in given if name not in declared]
+    if unknown and not extra:
+        raise InvalidParams(unknown_params_message(unknown, declared, job_name))
     converted: dict[str, Any] = {}
     for name, param in declared.items():
         if name not in given or given[name] is None:
@@ -438,10 +481,42 @@ def convert_params(declared: Mapping[str, Param], given: Mapping[str, Any]) -> d
             converted[name] = param.default
             continue
         converted[name] = _convert(name, param.type, given[name])
-    for name, value in given.items():
-        if name not in declared:
-            converted[name] = value
+    for name in unknown:
+        converted[name] = given[name]
     return converted
+
+
+def unknown_params_message(
+    unknown: Sequence[Any], declared: Mapping[str, Any], job_name: str | None = None
+) -> str:
+    """`unknown param 'out_dri' for job eod (did you mean 'out_dir'? declared: date, out_dir)`:
+    the first unknown name with its closest declared one (a name differing only in case counts
+    as closest), then any other unknown names."""
+    first = str(unknown[0])
+    where = f" for job {job_name}" if job_name else ""
+    names = list(declared)
+    if not names:
+        hint = "it declares no params"
+    else:
+        close = closest_name(first, names)
+        hint = f"did you mean {close!r}? " if close else ""
+        hint += f"declared: {', '.join(names)}"
+    message = f"unknown param {first!r}{where} ({hint})"
+    if len(unknown) > 1:
+        message += "; also unknown: " + ", ".join(repr(str(name)) for name in unknown[1:])
+    return message
+
+
+def closest_name(name: str, candidates: Sequence[str]) -> str | None:
+    """The candidate `name` most likely meant: the same name in another case, else difflib's
+    closest (compared in lower case, so `Out_Dri` finds `out_dir`), else None."""
+    from difflib import get_close_matches
+
+    lowered = {candidate.lower(): candidate for candidate in reversed(candidates)}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    found = get_close_matches(name.lower(), list(lowered), n=1, cutoff=CLOSE_NAME_CUTOFF)
+    return lowered[found[0]] if found else None
 
 
 def _convert(name: str, kind: type, value: Any) -> Any:
@@ -595,10 +670,14 @@ def _with_article(name: str) -> str:
     return f"an {name}" if name[:1].lower() in "aeiou" else f"a {name}"
 
 
-def instance_key(params: Mapping[str, Any]) -> str:
-    """The job instance key: sha256 of the canonical JSON of the converted params."""
-    return hashlib.sha256(canonical_json(params).encode("utf-8")).hexdigest()
-
+def instance_key(params: Mapping[str, Any], rerun: int = 0) -> str:
+    """The job instance key: sha256 of the canonical JSON of the converted params; for the
+    n-th deliberate rerun of those params (`start --rerun`), of that JSON followed by
+    `#rerun=n`, so that each rerun is an instance of its own under the unique (job, key)."""
+    text = canonical_json(params)
+    if rerun:
+        text += f"#rerun={rerun}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # -- pruning ------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from batchctl.errors import (
     BatchctlError,
     NotAbandonable,
     NotLive,
+    NotRerunnable,
     NotRestartable,
     Refused,
     StopTimeout,
@@ -35,6 +36,7 @@ from batchctl.model import (
     ABANDONABLE_STATUSES,
     Event,
     JobExecution,
+    JobInstance,
     PruneReport,
     SkippedItem,
     Status,
@@ -67,7 +69,7 @@ def start_rule(last: JobExecution | None) -> JobExecution | None:
     if last.status == Status.COMPLETED:
         raise AlreadyComplete(
             f"job {last.job_name} already completed with these params (execution {last.id}); "
-            "a different param value makes a new instance"
+            "a different param value makes a new instance, and --rerun runs these params again"
         )
     if last.status.is_restartable:
         return last
@@ -75,6 +77,21 @@ def start_rule(last: JobExecution | None) -> JobExecution | None:
         f"the last execution of this instance ({last.id}) is {last.status.value}: it may have "
         f"committed work; check it, then 'batchctl abandon {last.id}' to run the instance afresh"
     )
+
+
+def rerun_rule(last: JobExecution | None) -> JobExecution | None:
+    """What `start --rerun` does given the last execution of the params' instance: None (a new
+    instance, linked to the first of these params, runs afresh) when it COMPLETED or was
+    ABANDONED, or there is none; a Refused error otherwise. An instance that may resume is
+    refused rather than repeated: its committed work would be done twice (restart it instead)."""
+    if last is None or last.status in (Status.COMPLETED, Status.ABANDONED):
+        return None
+    if last.status.is_restartable:
+        raise NotRerunnable(
+            f"job {last.job_name} with these params is {last.status.value} (execution {last.id}); "
+            f"only a COMPLETED instance runs again: resume it with 'batchctl restart {last.id}'"
+        )
+    return start_rule(last)  # live or UNKNOWN: refused as a start refuses them
 
 
 def restart_rule(last: JobExecution | None) -> JobExecution | None:
@@ -205,6 +222,52 @@ class HistoryPage:
     resumed_by: dict[int, int]
 
 
+@dataclass(frozen=True)
+class StartPlan:
+    """What `start` would do with these params, decided by the rule `start` uses, without
+    writing anything (`start --dry-run`, `Batch.plan_start`).
+
+    `action` is one of "new" (a new instance), "resume" (of execution `resumes`), "afresh" (an
+    instance whose last execution was abandoned runs again from its first step), "rerun" (a new
+    instance, rerun number `rerun` of instance `rerun_of`), "refused" (`refusal` says why,
+    `exit_code` is the refusal's). `instance_key` and `instance_id` are those of the instance
+    it would run (`instance_id` None: one not made yet). `lost`: the instance's last execution
+    is live but its process is lost; a start marks it so (FAILED or STOPPED) before deciding.
+    """
+
+    job: str
+    params: dict[str, Any]
+    instance_key: str
+    action: str
+    instance_id: int | None = None
+    last_execution_id: int | None = None
+    last_status: Status | None = None
+    resumes: int | None = None
+    rerun_of: int | None = None
+    rerun: int = 0
+    lost: str | None = None
+    refusal: str | None = None
+    exit_code: int = 0
+
+    @property
+    def description(self) -> str:
+        """One sentence: what the start would do."""
+        if self.action == "new":
+            return f"would start a new instance of job {self.job}"
+        if self.action == "resume":
+            return f"would resume instance {self.instance_id} from execution {self.resumes}"
+        if self.action == "afresh" and self.last_execution_id is None:
+            return f"would run instance {self.instance_id}, which has no executions"
+        if self.action == "afresh":
+            return (
+                f"would run instance {self.instance_id} afresh (its last execution, "
+                f"{self.last_execution_id}, was abandoned)"
+            )
+        if self.action == "rerun":
+            return f"would start rerun {self.rerun} of instance {self.rerun_of} as a new instance"
+        return f"would be refused (exit {self.exit_code}): {self.refusal}"
+
+
 # -- the API --------------------------------------------------------------------------------------
 
 
@@ -216,7 +279,8 @@ class Batch(ScheduleOperations):
     execution = batch.start("eod", {"date": "2024-01-31"})
     ```
 
-    Operations: `start`, `restart`, `stop`, `abandon`, `recover_lost`, `prune`; reading: `history`,
+    Operations: `start`, `restart`, `stop`, `abandon`, `recover_lost`, `prune`; `plan_start`
+    says what a start would do without doing it; reading: `history`,
     `execution`, `step_executions`, `skipped_items`, `jobs`, `job`, `workers`; `run_worker`;
     `upgrade_schema`; `close` (or use it as a context manager). Schedules (firing.py):
     `schedules`, `schedule`, `schedule_states`, `fire`, `launch_pending_fires`,
@@ -308,6 +372,7 @@ class Batch(ScheduleOperations):
         handle_signals: bool = False,
         trigger: Trigger | None = None,
         also: Callable[[Any, JobExecution], None] | None = None,
+        rerun: bool = False,
     ) -> JobExecution:
         """Run `job` with `params` and return the execution.
 
@@ -315,6 +380,11 @@ class Batch(ScheduleOperations):
         new process, returning at once the STARTING execution (its `pid` is the new process's,
         its `log_path` the log file). A new instance runs afresh; a FAILED or STOPPED one
         resumes (`execution.resumed_from`); a live or COMPLETED one is refused.
+
+        `rerun=True` runs params whose instance COMPLETED (or was abandoned) again, as a new
+        instance linked to the first one of these params (`execution.rerun_of`, numbered
+        `execution.rerun`); an instance that is live or may resume is refused (restart it).
+        Without it a completed instance never runs again: a typo or a retry cannot repeat a day.
 
         `observers` first receive `execution_created(execution)` once the execution is
         recorded (before it runs or is launched: where a caller says "resuming"), then, in a
@@ -327,7 +397,7 @@ class Batch(ScheduleOperations):
         id, a schedule's fire), so it commits exactly when the execution does.
         """
         execution, found = self._create_start(
-            job, params, detach=detach, trigger=trigger, also=also
+            job, params, detach=detach, trigger=trigger, also=also, rerun=rerun
         )
         return self._proceed(
             found, execution, detach=detach, observers=observers, on_tracker=on_tracker,
@@ -376,6 +446,52 @@ class Batch(ScheduleOperations):
             handle_signals=handle_signals,
         )
 
+    def plan_start(
+        self, job: str | Job, params: Mapping[str, Any] | None = None, *, rerun: bool = False
+    ) -> StartPlan:
+        """What `start(job, params, rerun=rerun)` would do, writing nothing: the params are
+        validated and converted (InvalidParams, as `start` raises it), then the instance and its
+        last execution are read and judged by the rule `start` applies; a refusal is returned in
+        the plan, not raised. A live last execution whose process is lost is judged as the
+        start would find it once it marked it lost."""
+        found = job if isinstance(job, Job) else self.job(job)
+        converted = found.convert_params(params or {})
+        self._check_partition_modes(found)
+        key = instance_key(converted)
+        instance, last = self.repository.current_instance(found.name, key)
+        lost = self._lost_reason(last) if last is not None else None
+        if last is not None and lost is not None:
+            last = replace(last, status=lost_status(last))
+        plan = StartPlan(
+            job=found.name,
+            params=params_to_json(converted),
+            instance_key=instance.job_key if instance is not None else key,
+            action="new",
+            instance_id=instance.id if instance is not None else None,
+            last_execution_id=last.id if last is not None else None,
+            last_status=last.status if last is not None else None,
+            lost=lost,
+        )
+        try:
+            resumed = (rerun_rule if rerun else start_rule)(last)
+        except Refused as exc:
+            return replace(plan, action="refused", refusal=exc.message, exit_code=exc.exit_code)
+        if instance is None:
+            return plan
+        if rerun:
+            return self._rerun_plan(plan, instance, converted)
+        if resumed is not None:
+            return replace(plan, action="resume", resumes=resumed.id)
+        return replace(plan, action="afresh")
+
+    @staticmethod
+    def _rerun_plan(plan: StartPlan, instance: JobInstance, converted: Mapping[str, Any]) -> StartPlan:
+        number = instance.rerun + 1
+        return replace(
+            plan, action="rerun", instance_key=instance_key(converted, number), instance_id=None,
+            rerun_of=instance.rerun_of or instance.id, rerun=number,
+        )
+
     def _create_start(
         self,
         job: str | Job,
@@ -384,6 +500,7 @@ class Batch(ScheduleOperations):
         detach: bool = False,
         trigger: Trigger | None = None,
         also: Callable[[Any, JobExecution], None] | None = None,
+        rerun: bool = False,
     ) -> tuple[JobExecution, Job]:
         """Record a STARTING execution for `start` without running it; `also(connection,
         execution)` runs in the same transaction (a schedule's fire)."""
@@ -397,10 +514,11 @@ class Batch(ScheduleOperations):
             found.name,
             instance_key(converted),
             params_to_json(converted),
-            start_rule,
+            rerun_rule if rerun else start_rule,
             process=None if detach else this_process(),
             trigger=trigger,
             also=also,
+            rerun_key=(lambda number: instance_key(converted, number)) if rerun else None,
         )
         return execution, found
 
@@ -601,19 +719,24 @@ class Batch(ScheduleOperations):
         """Mark `execution` lost if its process is: FAILED (STOPPED if it was stopping), its
         live steps and partitions with it. This revokes the process's ownership: if it is in
         fact still running (paused, or misjudged), its next write is refused."""
-        from batchctl.host import process_alive, same_pid_scope
 
         def decide(current: JobExecution) -> tuple[Status, str] | None:
-            reason = lost_reason(
-                current,
-                now=utcnow(),
-                timeout=self.config.heartbeat_timeout,
-                pid_visible=lambda e: same_pid_scope(e.host, e.pid_scope),
-                process_alive=process_alive,
-            )
+            reason = self._lost_reason(current)
             return None if reason is None else (lost_status(current), reason)
 
         return self._end(execution, decide)
+
+    def _lost_reason(self, execution: JobExecution) -> str | None:
+        """Why `execution` is taken as lost, judged from this process (see `lost_reason`)."""
+        from batchctl.host import process_alive, same_pid_scope
+
+        return lost_reason(
+            execution,
+            now=utcnow(),
+            timeout=self.config.heartbeat_timeout,
+            pid_visible=lambda e: same_pid_scope(e.host, e.pid_scope),
+            process_alive=process_alive,
+        )
 
     def _end(
         self,

@@ -6,6 +6,7 @@ NO_COLOR (rich honours both).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -13,7 +14,7 @@ import re
 import sys
 from datetime import date, datetime
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -21,6 +22,9 @@ from rich.text import Text
 
 from batchctl.job import Job
 from batchctl.model import JobExecution, PruneReport, SkippedItem, Status, StepExecution
+
+if TYPE_CHECKING:
+    from batchctl.operator import StartPlan
 
 STATUS_STYLES = {
     Status.COMPLETED: "green",
@@ -97,6 +101,8 @@ def execution_dict(
         "pid": execution.pid,
         "resumed_from": execution.resumed_from,
         "trigger": {"kind": execution.trigger, "detail": execution.trigger_detail},
+        "rerun_of": execution.rerun_of,
+        "rerun": execution.rerun,
         "log_path": execution.log_path,
         "context": execution.context,
     }
@@ -302,7 +308,7 @@ def print_execution(
     header.add_column()
     header.add_row("execution", str(execution.id))
     header.add_row("job", printable(execution.job_name))
-    header.add_row("instance", str(execution.instance_id))
+    header.add_row("instance", _instance_text(execution))
     header.add_row("params", _params_text(execution.params))
     header.add_row("status", status_text(execution.status))
     if execution.exit_message and execution.status.is_unsuccessful:
@@ -418,6 +424,39 @@ def _message_text(message: str, *, traceback: bool) -> str:
         head = text[: text.index(marker)].rstrip()
         return printable(head, newlines=True) + "\n(--traceback shows the traceback; --json has it)"
     return printable(text, newlines=True)
+
+
+def _instance_text(execution: JobExecution) -> str:
+    """The instance id, and for a deliberate rerun which instance it repeats."""
+    if execution.rerun_of is None:
+        return str(execution.instance_id)
+    return f"{execution.instance_id} (rerun {execution.rerun} of instance {execution.rerun_of})"
+
+
+def plan_dict(plan: StartPlan) -> dict[str, Any]:
+    """The JSON object of `start --dry-run`: the plan's fields and its `description`."""
+    data = dataclasses.asdict(plan)
+    data["last_status"] = plan.last_status.value if plan.last_status is not None else None
+    data["description"] = plan.description
+    return data
+
+
+def print_plan(plan: StartPlan) -> None:
+    """What `start --dry-run` prints: the converted params, the instance key, what would happen."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("job", printable(plan.job))
+    grid.add_row("params", _params_text(plan.params))
+    grid.add_row("instance key", plan.instance_key)
+    if plan.instance_id is not None:
+        grid.add_row("instance", str(plan.instance_id))
+    if plan.last_execution_id is not None and plan.last_status is not None:
+        grid.add_row("last execution", f"{plan.last_execution_id} ({plan.last_status.value})")
+    if plan.lost:
+        grid.add_row("lost", printable(f"it would first be marked lost: {plan.lost}"))
+    grid.add_row("dry run", printable(plan.description))
+    stdout.print(grid)
 
 
 def _skips_text(step: StepExecution) -> str:
@@ -816,6 +855,12 @@ class ResumeNotice:
     resumes."""
 
     def execution_created(self, execution: JobExecution) -> None:
+        if execution.rerun_of is not None and execution.resumed_from is None:
+            warn(
+                f"running job {execution.job_name} again: rerun {execution.rerun} of instance "
+                f"{execution.rerun_of} (new instance {execution.instance_id}, execution "
+                f"{execution.id})"
+            )
         if execution.resumed_from:
             warn(
                 f"resuming job {execution.job_name} from execution {execution.resumed_from} "

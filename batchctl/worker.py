@@ -200,7 +200,7 @@ class ClaimedPartition:
         try:
             job = self.resolve_job(execution.job_name)
             step = job.step(self.partition.partition_of or "")
-            params = job.convert_params(execution.params)
+            params = job.convert_params(execution.params, stored=True)
         except Exception as exc:
             self._fail(f"could not load the partition's job: {type(exc).__name__}: {exc}")
             return

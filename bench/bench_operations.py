@@ -56,7 +56,7 @@ def work(ctx):
         yield
 
 
-eod = Job("{JOB_NAMES[0]}")
+eod = Job("{JOB_NAMES[0]}", extra_params=True)  # each start brings a param of its own
 
 
 @eod.tasklet

@@ -16,7 +16,7 @@ from batchctl.repository.connect import READ_ONLY
 
 HEAD_REVISION = "0009"  # the newest migration; a test checks it against Alembic's head
 MIGRATIONS = Path(__file__).with_name("migrations")
-KNOWN_REVISIONS = {"0001", "0002", "0003", "0004", "0005", "0006", "0007", "0009"}
+KNOWN_REVISIONS = {"0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009"}
 
 
 def current_revision(engine: Engine) -> str | None:

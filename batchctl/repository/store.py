@@ -23,6 +23,7 @@ from batchctl.model import (
     STEP_COUNTERS,
     STOPPABLE_STATUSES,
     JobExecution,
+    JobInstance,
     SkippedItem,
     Status,
     StepExecution,
@@ -66,7 +67,9 @@ Also = Callable[[Connection, JobExecution], None]
 trigger's ledger row (a message id, a schedule's fire) that must commit exactly when the change
 does. It may raise to roll the change back."""
 
-_EXECUTION_COLUMNS = (*job_execution.c, job_instance.c.params)
+_EXECUTION_COLUMNS = (
+    *job_execution.c, job_instance.c.params, job_instance.c.rerun_of, job_instance.c.rerun
+)
 
 # A chunk's checkpoint: every counter and the context, conditional on the version, as the
 # driver's own SQL (see Repository._checkpoint).
@@ -117,17 +120,36 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
         process: dict[str, Any] | None = None,
         trigger: Trigger | None = None,
         also: Also | None = None,
+        rerun_key: Callable[[int], str] | None = None,
     ) -> JobExecution:
         """Claim: create the instance if new, and a STARTING execution of it if `decide` allows.
         `process`: the host, pid and pid_scope of the process that will run it, when known;
         `trigger`: what started it; `also(connection, execution)`: run in the same transaction.
 
+        The instance of `job_key` is its latest deliberate rerun if it has any (see
+        `current_instance`). With `rerun_key` this is such a rerun: `decide` is asked about that
+        instance's last execution (it refuses what may not run again), then a new instance
+        numbered one past it, keyed `rerun_key(number)` and linked to the first instance of the
+        params, runs afresh; when the params have no instance yet, their first one is made.
+
         The decision and the insert are one serializable transaction, and the partial unique
-        index on live executions refuses a second live execution whatever the race.
+        index on live executions refuses a second live execution whatever the race (two reruns
+        at once: the second finds the first's new instance live).
         """
 
         def change(connection: Connection) -> JobExecution:
-            instance_id = self._instance_id(connection, job_name, job_key, params)
+            current = self._current_instance(connection, job_name, job_key)
+            if current is None:
+                instance_id = self._insert_instance(connection, job_name, job_key, params)
+            elif rerun_key is None:
+                instance_id = current.id
+            else:
+                decide(self._last_execution_of_instance(connection, current.id))
+                number = current.rerun + 1
+                instance_id = self._insert_instance(
+                    connection, job_name, rerun_key(number), params,
+                    rerun_of=current.rerun_of or current.id, rerun=number,
+                )
             return self._insert_execution(
                 connection, instance_id, decide, process or {}, trigger, also
             )
@@ -156,15 +178,51 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
         live execution is AlreadyRunning (translated with every driver error in connect.py)."""
         return self._write(change, serializable=True)
 
-    def _instance_id(
-        self, connection: Connection, job_name: str, job_key: str, params: dict[str, Any]
+    def current_instance(
+        self, job_name: str, job_key: str
+    ) -> tuple[JobInstance | None, JobExecution | None]:
+        """Read: the instance that `create_execution` would use for `job_key` (see
+        `_current_instance`) and its last execution; (None, None) when there is none yet."""
+
+        def query(connection: Connection) -> tuple[JobInstance | None, JobExecution | None]:
+            instance = self._current_instance(connection, job_name, job_key)
+            if instance is None:
+                return None, None
+            return instance, self._last_execution_of_instance(connection, instance.id)
+
+        return self._read(query)
+
+    @staticmethod
+    def _current_instance(connection: Connection, job_name: str, job_key: str) -> JobInstance | None:
+        """The instance of `job_key`, or its latest deliberate rerun: a rerun (`start --rerun`)
+        stands for its params from then on, so a plain start after a failed rerun resumes it.
+        Two indexed lookups: the unique (job_name, job_key), then the reruns by `rerun_of`."""
+        key = and_(job_instance.c.job_name == job_name, job_instance.c.job_key == job_key)
+        first = connection.execute(select(job_instance).where(key)).first()
+        if first is None:
+            return None
+        latest = connection.execute(
+            select(job_instance)
+            .where(job_instance.c.rerun_of == first.id)
+            .order_by(job_instance.c.rerun.desc())
+            .limit(1)
+        ).first()
+        return from_row(JobInstance, latest if latest is not None else first)
+
+    def _insert_instance(
+        self,
+        connection: Connection,
+        job_name: str,
+        job_key: str,
+        params: dict[str, Any],
+        *,
+        rerun_of: int | None = None,
+        rerun: int = 0,
     ) -> int:
         key = and_(job_instance.c.job_name == job_name, job_instance.c.job_key == job_key)
-        found = connection.execute(select(job_instance.c.id).where(key)).scalar()
-        if found is not None:
-            return int(found)
         insert = _dialect_insert(connection).values(
-            job_name=job_name, job_key=job_key, params=params, created_at=utcnow()
+            job_name=job_name, job_key=job_key, params=params, created_at=utcnow(),
+            rerun_of=rerun_of, rerun=rerun,
         )
         connection.execute(insert.on_conflict_do_nothing())
         return int(connection.execute(select(job_instance.c.id).where(key)).scalar_one())

@@ -119,7 +119,13 @@ job_instance = Table(
     Column("job_key", String(64), nullable=False),
     Column("params", JSONText, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # A deliberate rerun (`start --rerun`) of a completed instance is an instance of its own:
+    # `rerun_of` is the first instance of the same params, `rerun` its number (0 for that first
+    # one), part of the key so that the unique (job_name, job_key) still holds.
+    Column("rerun_of", Id, ForeignKey("job_instance.id")),
+    Column("rerun", Integer, nullable=False, server_default="0"),
     UniqueConstraint("job_name", "job_key"),
+    Index("ix_job_instance_rerun_of", "rerun_of"),
 )
 
 job_execution = Table(

@@ -82,7 +82,7 @@ def last(ctx):
     pass
 
 
-trivial = Job("trivial")
+trivial = Job("trivial", params={"i": int})
 
 
 @trivial.tasklet

@@ -17,8 +17,8 @@ from batchctl.model import Status
 from batchctl.operator import Batch
 
 PUBLIC = {
-    "start", "restart", "stop", "abandon", "recover_lost", "history", "history_page", "execution",
-    "earlier_steps",
+    "start", "plan_start", "restart", "stop", "abandon", "recover_lost", "history",
+    "history_page", "execution", "earlier_steps",
     "step_executions", "skipped_items", "jobs", "job", "workers", "run_worker",
     "upgrade_schema", "close", "from_config", "config", "repository", "registry", "events",
     "prune",

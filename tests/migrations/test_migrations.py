@@ -72,3 +72,25 @@ def test_head_revision_is_alembics_head() -> None:
 
 def test_every_migration_is_a_known_revision() -> None:
     assert {script.revision for script in scripts().walk_revisions()} == migrate.KNOWN_REVISIONS
+
+
+def test_0008_adds_reruns_to_a_repository_holding_executions(engine: Engine) -> None:
+    """A repository at 0004 with instances and executions (which refer to job_instance, so the
+    table cannot be copied on SQLite) gains `rerun_of` and `rerun` in place."""
+    from sqlalchemy import text
+
+    migrate.upgrade(engine, "0004")
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO job_instance (id, job_name, job_key, params, created_at) "
+            "VALUES (1, 'eod', 'k', '{}', CURRENT_TIMESTAMP)"
+        ))
+        connection.execute(text(
+            "INSERT INTO job_execution (id, instance_id, job_name, status, version, created_at, "
+            "context) VALUES (1, 1, 'eod', 'COMPLETED', 0, CURRENT_TIMESTAMP, '{}')"
+        ))
+    migrate.upgrade(engine)
+    with engine.connect() as connection:
+        row = connection.execute(text("SELECT rerun_of, rerun FROM job_instance")).one()
+    assert tuple(row) == (None, 0)
+    assert schema_diff(engine) == []

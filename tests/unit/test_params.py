@@ -100,14 +100,116 @@ def test_optional_params_take_their_default(job: Job) -> None:
     assert converted["day"] == date(2024, 1, 1)
 
 
-def test_undeclared_params_are_kept_as_given(job: Job) -> None:
-    converted = job.convert_params({"n": 1, "extra": "5", "nested": {"a": [1]}})
-    assert converted["extra"] == "5"
-    assert converted["nested"] == {"a": [1]}
+@pytest.fixture
+def free_form() -> Job:
+    return Job("free", params={"n": int}, extra_params=True)
 
 
-def test_an_undeclared_string_and_int_are_different_instances(job: Job) -> None:
-    assert key(job, {"n": 1, "extra": "5"}) != key(job, {"n": 1, "extra": 5})
+def test_undeclared_params_are_kept_as_given_by_a_job_with_extra_params(free_form: Job) -> None:
+    converted = free_form.convert_params({"n": "1", "extra": "5", "nested": {"a": [1]}})
+    assert converted == {"n": 1, "extra": "5", "nested": {"a": [1]}}
+
+
+def test_an_undeclared_string_and_int_are_different_instances(free_form: Job) -> None:
+    assert key(free_form, {"n": 1, "extra": "5"}) != key(free_form, {"n": 1, "extra": 5})
+
+
+def test_an_undeclared_param_is_refused_naming_the_closest_declared_one() -> None:
+    eod = Job("eod", params={"date": date, "out_dir": Param(str, default="out")})
+    with pytest.raises(InvalidParams) as refused:
+        eod.convert_params({"date": "2024-01-31", "out_dri": "x"})
+    assert refused.value.message == (
+        "unknown param 'out_dri' for job eod (did you mean 'out_dir'? declared: date, out_dir)"
+    )
+
+
+@pytest.mark.parametrize("given", ["Day", "DAY", "dya"])
+def test_a_wrong_case_or_misspelt_name_gets_the_same_hint(given: str) -> None:
+    report = Job("report", params={"day": date, "region": Param(str, default="eu")})
+    with pytest.raises(InvalidParams, match=rf"^unknown param '{given}' for job report "
+                       r"\(did you mean 'day'\? declared: day, region\)$"):
+        report.convert_params({given: "2024-01-31"})
+
+
+def test_a_name_like_none_declared_lists_the_declared_ones() -> None:
+    with pytest.raises(InvalidParams, match=r"^unknown param 'zzz' for job j \(declared: day\)$"):
+        Job("j", params={"day": date}).convert_params({"day": "2024-01-31", "zzz": 1})
+
+
+def test_a_job_without_params_says_it_declares_none() -> None:
+    with pytest.raises(InvalidParams, match=r"unknown param 'x' for job j \(it declares no params\)"):
+        Job("j").convert_params({"x": 1})
+
+
+def test_every_unknown_name_is_named_on_one_line() -> None:
+    with pytest.raises(InvalidParams) as refused:
+        Job("j", params={"day": date}).convert_params({"dya": "2024-01-31", "b": 1, "c": 2})
+    assert refused.value.message == (
+        "unknown param 'dya' for job j (did you mean 'day'? declared: day); also unknown: 'b', 'c'"
+    )
+
+
+def test_an_unknown_name_is_refused_before_a_missing_one_is_reported() -> None:
+    """A typo of a required param is both: naming the typo is what helps."""
+    with pytest.raises(InvalidParams, match=r"unknown param 'dat' .*did you mean 'date'"):
+        Job("j", params={"date": date}).convert_params({"dat": "2024-01-31"})
+
+
+def test_stored_params_with_a_name_no_longer_declared_still_convert() -> None:
+    """An instance made before a declaration was removed can still restart."""
+    job = Job("j", params={"day": date})
+    assert job.convert_params({"day": "2024-01-31", "old": 1}, stored=True) == {
+        "day": date(2024, 1, 31), "old": 1,
+    }
+
+
+def test_param_pairs_arrive_as_strings_and_merge_with_the_json() -> None:
+    assert parse_params('{"n": 5}', ["day=2024-01-31", "note=a=b", "empty="]) == {
+        "n": 5, "day": "2024-01-31", "note": "a=b", "empty": "",
+    }
+    job = Job("j", params={"n": int, "day": date, "note": str, "empty": str})
+    assert job.convert_params(parse_params(None, ["n=5", "day=2024-01-31", "note=x", "empty="])) == {
+        "n": 5, "day": date(2024, 1, 31), "note": "x", "empty": "",
+    }
+
+
+def test_a_pair_and_the_same_json_value_make_the_same_instance(job: Job) -> None:
+    assert key(job, parse_params(None, ["n=5", "day=2024-01-31"])) == key(
+        job, parse_params('{"n": 5, "day": "2024-01-31"}')
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "pairs"),
+    [('{"n": 1}', ["n=2"]), (None, ["n=1", "n=2"])],
+)
+def test_a_name_given_twice_is_refused(text: str | None, pairs: list[str]) -> None:
+    with pytest.raises(InvalidParams, match=r"^param 'n' is given twice"):
+        parse_params(text, pairs)
+
+
+@pytest.mark.parametrize("pair", ["n", "=5", " =5"])
+def test_a_pair_without_a_name_and_an_equals_sign_is_refused(pair: str) -> None:
+    with pytest.raises(InvalidParams, match=r"^--param expects key=value, got .*example: "):
+        parse_params(None, [pair])
+
+
+def test_the_json_error_shows_valid_input() -> None:
+    with pytest.raises(InvalidParams) as refused:
+        parse_params("{date: 2024-01-31}")
+    assert "--params is not valid JSON" in refused.value.message
+    assert """--params '{"date": "2024-01-31"}' or -P date=2024-01-31""" in refused.value.message
+
+
+def test_a_rerun_has_a_key_of_its_own_derived_from_the_params(job: Job) -> None:
+    import hashlib
+
+    converted = job.convert_params({"n": 5})
+    assert instance_key(converted, 0) == instance_key(converted)
+    assert instance_key(converted, 2) == hashlib.sha256(
+        (canonical_json(converted) + "#rerun=2").encode()
+    ).hexdigest()
+    assert len({instance_key(converted, n) for n in range(4)}) == 4
 
 
 def test_params_to_json_gives_dates_as_iso_strings(job: Job) -> None:

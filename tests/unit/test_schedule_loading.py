@@ -190,7 +190,7 @@ def test_every_problem_is_one_line_naming_the_schedule(tmp_path: Path) -> None:
         "schedule 'bad-options' (c): grace must be a number of seconds >= 0, got -1",
         "schedule 'bad-options' (c): enabled must be true or false, got 'yes'",
         "schedule 'bad-params' (c): params at the fire of 2025-03-11T01:30:00+00:00: "
-        "missing param 'date' (date)",
+        "unknown param 'day' for job eod (did you mean 'date'? declared: date)",
         "schedule 'bad-template' (c): param 'date': template '{fire-1y:%Y-%m-%d}': cannot read "
         "{fire-1y:%Y-%m-%d} (write {fire}, {fire:%Y-%m-%d} or with an offset "
         "{fire-1d:%Y-%m-%d}; units w, d, bd, h, m)",
