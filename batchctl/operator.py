@@ -636,10 +636,13 @@ class Batch:
             raise UsageError(f"job {parsed} has no executions")
         return latest
 
-    def execution(self, execution_id: int) -> JobExecution:
-        """One execution; a live one whose process is lost is first marked so."""
+    def execution(self, execution_id: int, *, recover: bool = True) -> JobExecution:
+        """One execution; a live one whose process is lost is first marked so (unless
+        `recover=False`: a pure read, for services that run `recover_lost` in the background)."""
         execution = self.repository.execution(execution_id)
-        return self._recover(execution) if execution.status.is_live else execution
+        if recover and execution.status.is_live:
+            return self._recover(execution)
+        return execution
 
     def step_executions(self, execution_id: int) -> list[StepExecution]:
         return self.repository.step_executions(execution_id)
@@ -666,8 +669,25 @@ class Batch:
         *,
         statuses: Sequence[Status | str] = (),
         limit: int | None = 20,
+        before: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        recover: bool = True,
     ) -> list[JobExecution]:
-        """Executions, newest first; `limit=None` for all. Lost processes are marked first."""
+        """Executions, newest first; `limit=None` for all. Lost processes are marked first
+        (unless `recover=False`: a pure read). `before`: only ids below it (keyset pagination,
+        stable while new executions are inserted); `since`/`until`: created in [since, until)."""
         wanted = _statuses(statuses)
-        self.recover_lost(job)
-        return self.repository.history(job, wanted, None if limit is None else min(limit, MAX_ID))
+        if recover:
+            self.recover_lost(job)
+        return self.repository.history(
+            job, wanted, None if limit is None else min(limit, MAX_ID),
+            before_id=before, since=since, until=until,
+        )
+
+    def stats(self) -> Any:
+        """The repository summed up (executions by job and status, durations, item counters):
+        a `batchctl.repository.stats.RepositoryStats`, read without writing."""
+        from batchctl.repository.stats import repository_stats
+
+        return repository_stats(self.repository)

@@ -9,6 +9,7 @@ restart are the operator's; they arrive here as a `decide` function run inside t
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 from typing import Any, Callable, Sequence
 
 from sqlalchemy import Connection, Row, and_, exists, func, literal, select, text, update
@@ -494,8 +495,14 @@ class Repository(PartitionQueries):
         job_name: str | None = None,
         statuses: Sequence[Status] = (),
         limit: int | None = 20,
+        *,
+        before_id: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[JobExecution]:
-        """Read: executions, newest first."""
+        """Read: executions, newest first. `before_id`: only ids below it (keyset pagination:
+        a page is stable while newer executions are inserted); `since` / `until`: created at or
+        after / before these instants."""
         query = select(*_EXECUTION_COLUMNS).join(
             job_instance, job_instance.c.id == job_execution.c.instance_id
         )
@@ -503,6 +510,12 @@ class Repository(PartitionQueries):
             query = query.where(job_execution.c.job_name == job_name)
         if statuses:
             query = query.where(job_execution.c.status.in_([s.value for s in statuses]))
+        if before_id is not None:
+            query = query.where(job_execution.c.id < before_id)
+        if since is not None:
+            query = query.where(job_execution.c.created_at >= since)
+        if until is not None:
+            query = query.where(job_execution.c.created_at < until)
         query = query.order_by(job_execution.c.id.desc())
         if limit is not None:
             query = query.limit(limit)
