@@ -10,6 +10,7 @@ does up front.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -143,6 +144,10 @@ def create_app(state: WebState, *, on_request: Callable[[str], None] | None = No
         finally:
             state.stopping.set()
             task.cancel()
+            # A check running in a thread finishes first: its connection goes back to the pool
+            # before the caller closes the Batch.
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     app = FastAPI(
         title="batchctl",

@@ -68,6 +68,9 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.on_exit()
         super().handle_exit(sig, frame)
+        # uvicorn re-raises a captured signal once it has shut down (the process would die of
+        # it); a service told to stop that stopped cleanly exits 0, as `batchctl worker` does.
+        self._captured_signals.clear()
 
 
 def serve(batch: Any, host: str, port: int, *, env: Mapping[str, str] | None = None) -> None:
