@@ -412,7 +412,7 @@ def start_form(job: Any, who: Principal) -> str:
             f'<span class="field-error" data-for="{esc(name)}" role="alert"></span></div>'
         )
     disabled = "" if who.may_operate else " disabled"
-    return (f'<form id="start" class="start" data-job="{esc(job.name)}">{"".join(fields)}'
+    return (f'<form id="start" class="start" novalidate data-job="{esc(job.name)}">{"".join(fields)}'
             f'<p class="form-error" role="alert"></p><button type="submit"{disabled}>Start</button></form>')
 
 
@@ -429,7 +429,7 @@ def job_page(request: Request, job: str) -> Response:
         f"<td>{esc(params_text(p['default'])) if 'default' in p else ''}</td><td>{esc(p.get('help', ''))}</td></tr>"
         for name, p in data["params"].items()
     )
-    steps = "".join(f"<li>{esc(s['name'])} <span class=muted>{esc(s['kind'])}</span> {esc(s['description'])}</li>"
+    steps = "".join(f"<li>{esc(s['name'])} <span class=muted>{esc(getattr(s['kind'], 'value', s['kind']))}</span> {esc(s['description'])}</li>"
                     for s in data["steps"])
     recent = batch.history(found.name, limit=10, recover=False)
     body = f"""
