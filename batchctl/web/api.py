@@ -185,7 +185,7 @@ def list_executions(
     until: Optional[str] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     cursor: Optional[str] = None,
-) -> dict[str, Any]:
+) -> Response:
     """`{"items": [execution objects], "next_cursor": ...}`; pass `next_cursor` as `cursor` for
     the next page (keyset pagination: stable while new executions are inserted). `status` may
     be repeated or comma-separated; `since`/`until` are ISO 8601 (creation time, UTC without an
@@ -202,15 +202,25 @@ def list_executions(
     )
     page = executions[:limit]
     more = len(executions) > limit
-    return {
+    return json_response({
         "items": [render.execution_dict(execution) for execution in page],
         "next_cursor": str(page[-1].id) if more and page else None,
-    }
+    })
+
+
+def json_response(value: Any, status_code: int = 200) -> Response:
+    """JSON as `--json` writes it (NaN as null), without FastAPI's per-field encoding: the
+    hot listing answers several times faster."""
+    try:
+        text = json.dumps(value, default=str, allow_nan=False)
+    except ValueError:
+        text = json.dumps(render._finite(value), default=str)
+    return Response(text, status_code=status_code, media_type="application/json")
 
 
 @router.get("/executions/{id}", summary="One execution, as `batchctl show --json`")
-def get_execution(request: Request, id: str, _who: Reader) -> dict[str, Any]:
-    return execution_detail(state_of(request).batch, execution_id(id))
+def get_execution(request: Request, id: str, _who: Reader) -> Response:
+    return json_response(execution_detail(state_of(request).batch, execution_id(id)))
 
 
 def execution_detail(batch: Any, number: int) -> dict[str, Any]:
