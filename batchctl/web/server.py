@@ -10,6 +10,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from typing import Any, Callable, Mapping
 
 import uvicorn
@@ -110,7 +111,16 @@ def serve(batch: Any, host: str, port: int, *, env: Mapping[str, str] | None = N
         beating.set()
         sock.close()
         batch.repository.retire_worker(worker_id)
+        _connections_returned(batch, deadline=time.monotonic() + SHUTDOWN_GRACE)
         log.info("stopped")
+
+
+def _connections_returned(batch: Any, *, deadline: float) -> None:
+    """Give a read still running in a thread (a stream cancelled at shutdown) the moment it needs
+    to hand its connection back, before the caller closes the Batch."""
+    pool = batch.repository.engine.pool
+    while getattr(pool, "checkedout", lambda: 0)() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _heartbeat(batch: Any, worker_id: int, stop: threading.Event, log: logging.Logger) -> None:

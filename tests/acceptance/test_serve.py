@@ -65,6 +65,12 @@ def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str, di
     process.communicate(timeout=10)  # closes the pipes
 
 
+def fetch(url: str, token: str | None = None, data: bytes | None = None) -> Any:
+    """The JSON of a response, closed."""
+    with get(url, token, data) as response:
+        return json.load(response)
+
+
 def get(url: str, token: str | None = None, data: bytes | None = None) -> Any:
     request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
     if token:
@@ -76,24 +82,26 @@ def get(url: str, token: str | None = None, data: bytes | None = None) -> Any:
 
 def test_serve_prints_a_sign_in_url_registers_and_stops_on_sigterm(served: Any) -> None:
     process, url, token, env = served
-    assert json.load(get(url + "healthz")) == {"status": "ok"}
+    assert fetch(url + "healthz") == {"status": "ok"}
     with pytest.raises(urllib.error.HTTPError) as refused:
         get(url + "api/jobs")
     assert refused.value.code == 401
+    refused.value.close()
     import http.cookiejar
 
     browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
-    signed = browser.open(f"{url}login?token={token}", timeout=10)  # the link serve printed
-    assert signed.status == 200 and "Executions" in signed.read().decode()
+    with browser.open(f"{url}login?token={token}", timeout=10) as signed:  # the link serve printed
+        assert signed.status == 200 and "Executions" in signed.read().decode()
 
     workers = subprocess.run([sys.executable, "-m", "batchctl", "workers", "--json"], env=env,
                              capture_output=True, text=True, check=True)
     assert [w["kind"] for w in json.loads(workers.stdout)] == ["serve"]
 
-    started = json.load(get(url + "api/jobs/env/start", token, b'{"params": {"tag": "a"}}'))
+    started = fetch(url + "api/jobs/env/start", token, b'{"params": {"tag": "a"}}')
     assert started["trigger"] == {"kind": "http", "detail": "generated"}
-    wait_for(lambda: json.load(get(f"{url}api/executions/{started['id']}", token))["status"] == "COMPLETED")
-    log = get(f"{url}api/executions/{started['id']}/log", token).read().decode()
+    wait_for(lambda: fetch(f"{url}api/executions/{started['id']}", token)["status"] == "COMPLETED")
+    with get(f"{url}api/executions/{started['id']}/log", token) as response:
+        log = response.read().decode()
     assert "secret visible: False" in log
 
     stream = get(url + "api/events", token)  # an open event stream must not hold the shutdown
@@ -126,7 +134,7 @@ def test_serve_with_a_configured_token_prints_none(tmp_path: Path) -> None:
         assert line, "serve ended early"
         assert "login?token=" not in line
     port = int(re.search(r":(\d+)/", line).group(1))  # type: ignore[union-attr]
-    assert json.load(get(f"http://127.0.0.1:{port}/api/executions", "configured-token-123"))["items"] == []
+    assert fetch(f"http://127.0.0.1:{port}/api/executions", "configured-token-123")["items"] == []
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=10)
     assert process.returncode == 0

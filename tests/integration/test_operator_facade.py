@@ -20,6 +20,7 @@ PUBLIC = {
     "start", "restart", "stop", "abandon", "recover_lost", "history", "execution",
     "step_executions", "skipped_items", "jobs", "job", "workers", "run_worker",
     "upgrade_schema", "close", "from_config", "config", "repository", "registry", "events",
+    "stats",
 }
 
 

@@ -57,6 +57,9 @@ def web(config: Config, write_job: Callable[[str, str], Path]) -> Iterator[tuple
         with TestClient(create_app(state, on_request=lambda line: None)) as client:
             yield client, batch
         state.stopping.set()
+        # A stream's last read may still hold a pooled connection in its thread: let it go back
+        # before the Batch closes the pool.
+        wait_for(lambda: batch.repository.engine.pool.checkedout() == 0, timeout=10)
 
 
 def finished(batch: Batch, execution_id: int) -> Any:

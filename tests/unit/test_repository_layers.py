@@ -14,7 +14,7 @@ import batchctl.repository
 
 PACKAGE = Path(batchctl.repository.__file__).parent
 # Lowest first: a module may import only modules before it.
-LAYERS = ["tables", "connect", "migrate", "rows", "events", "base", "partitions", "store"]
+LAYERS = ["tables", "connect", "migrate", "rows", "events", "base", "partitions", "store", "stats"]
 
 
 def repository_imports(module: str) -> set[str]:
