@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 
-from batchctl.defaults import HIDDEN_COMMAND
+from batchctl.defaults import HIDDEN_COMMAND, SERVE_HOST, SERVE_PORT
 from batchctl.errors import EXIT_FAILED, EXIT_USAGE, BatchctlError
 
 if TYPE_CHECKING:
@@ -551,6 +551,26 @@ def scheduler(ctx: typer.Context) -> None:
         render.error(f"scheduler not started: {len(problems)} invalid schedule(s)")
         raise typer.Exit(EXIT_USAGE)
     run_scheduler(batch, valid)
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (another than 127.0.0.1 needs a token).")
+    ] = SERVE_HOST,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = SERVE_PORT,
+) -> None:
+    """Serve the HTTP API and the dashboard until SIGTERM or Ctrl-C (needs batchctl[web])."""
+    try:
+        from batchctl.web.server import serve as run_server
+    except ImportError as exc:
+        from batchctl.errors import EnvironmentProblem
+
+        raise EnvironmentProblem(
+            f"serve needs the web extra: pip install 'batchctl[web]' ({exc.name} is missing)"
+        ) from None
+    run_server(_batch(ctx), host, port)
 
 
 @db_app.command("upgrade")

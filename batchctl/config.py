@@ -43,6 +43,8 @@ _ENV_NAMES = {
 _PATH_KEYS = ("jobs_dir", "log_dir")
 _NUMBER_KEYS = ("heartbeat_interval", "heartbeat_timeout")
 SCHEDULES_KEY = "schedules"  # [batchctl.schedules.NAME] tables, read by batchctl.schedules
+API_KEY = "api"  # the [batchctl.api] table (tokens of the HTTP API), read by batchctl.web
+_TABLE_KEYS = (SCHEDULES_KEY, API_KEY)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Config:
     source: Path | None = None
     project_dir: Path = field(default_factory=Path.cwd)
     schedules: Mapping[str, Any] = field(default_factory=dict, hash=False)  # raw tables
+    api: Mapping[str, Any] = field(default_factory=dict, hash=False)  # raw [batchctl.api] table
 
     @classmethod
     def load(
@@ -82,7 +85,8 @@ class Config:
         base = file.parent if file else cwd
         values: dict[str, Any] = _read_file(file) if file else {}
         schedules = values.pop(SCHEDULES_KEY, {})
-        config = replace(_from_values(values, base, file), schedules=schedules)
+        api = values.pop(API_KEY, {})
+        config = replace(_from_values(values, base, file), schedules=schedules, api=api)
         config = _apply(config, _from_env(env), cwd, "environment")
         overrides = {"database": database_url, "jobs_dir": jobs_dir}
         config = _apply(config, {k: v for k, v in overrides.items() if v is not None}, cwd, "option")
@@ -136,11 +140,9 @@ def _read_file(file: Path) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(f"{file}: 'batchctl' must be a table")
     for key, value in table.items():
-        if key == SCHEDULES_KEY:
+        if key in _TABLE_KEYS:
             if not isinstance(value, dict):
-                raise ConfigError(
-                    f"{file}: 'batchctl.schedules' must be [batchctl.schedules.NAME] tables"
-                )
+                raise ConfigError(f"{file}: 'batchctl.{key}' must be a [batchctl.{key}] table")
             continue
         if key not in _ENV_NAMES:
             known = ", ".join(_ENV_NAMES)

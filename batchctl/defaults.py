@@ -37,7 +37,21 @@ ENV_PROJECT_DIR = "BATCHCTL_PROJECT_DIR"  # what relative paths in items are rel
 
 HIDDEN_COMMAND = "run-execution"  # `python -m batchctl run-execution ID`: a detached execution's process
 LOG_FILE_MODE = 0o600  # a detached execution's log: readable by its owner only (params, data)
-SERVICE_SECRET_ENV = ("BATCHCTL_LISTEN_URL",)  # a service's secrets: never passed to a job it launches
+# Environment variables a launched job never inherits: the services' own secrets
+# (BATCHCTL_API_TOKEN and any BATCHCTL_* token, secret, password or key, and the listener's broker
+# URL, which holds its password); see launcher.child_env.
+SERVICE_SECRET_ENV = r"(?i)^BATCHCTL_(\w*(TOKEN|SECRET|PASSWORD|PASSWD|KEY)\w*|LISTEN_URL)$"  # a regex
+
+# -- the HTTP API and dashboard (`batchctl serve`) ------------------------------------------------------
+
+SERVE_HOST = "127.0.0.1"  # serve binds the loopback interface unless told otherwise
+SERVE_PORT = 8080
+ENV_API_TOKEN = "BATCHCTL_API_TOKEN"  # a token with the operate role
+RECOVER_INTERVAL = 5.0  # seconds between two lost-process checks of serve (never per request)
+EVENT_POLL_INTERVAL = 0.25  # seconds between two reads of the event outbox by an event stream
+EVENT_SETTLE = 2.0  # seconds an event stream keeps looking below its newest id for late commits
+LOG_TAIL_BYTES = 64 * 1024  # the end of a log that /api/executions/{id}/log returns
+SHUTDOWN_GRACE = 5.0  # seconds serve gives open requests once told to stop (then cancels them)
 
 # -- the engine -----------------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ current checkpoint and ends STOPPED); a second Ctrl-C interrupts the step at onc
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,10 +17,16 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from batchctl.config import Config
-from batchctl.defaults import HIDDEN_COMMAND, LOG_FILE_MODE, SERVICE_SECRET_ENV, LOG_FINAL_WAIT, LOG_FOLLOW_POLL
+from batchctl.defaults import (
+    HIDDEN_COMMAND,
+    LOG_FILE_MODE,
+    LOG_FINAL_WAIT,
+    LOG_FOLLOW_POLL,
+    SERVICE_SECRET_ENV,
+)
 from batchctl.errors import EnvironmentProblem, UsageError
 from batchctl.host import process_alive  # noqa: F401 - re-exported: tests and callers use it here
 from batchctl.model import JobExecution
@@ -109,10 +116,8 @@ def _wait_for_exit(execution: JobExecution, *, deadline: float) -> None:
 def child_env(config: Config) -> dict[str, str]:
     """The environment of a batchctl process started on our behalf: this configuration,
     fully resolved, so that the child needs no config file and no password on its command line."""
-    env = dict(os.environ)
+    env = scrub_secrets(os.environ)
     env.pop("BATCHCTL_CONFIG", None)
-    for name in SERVICE_SECRET_ENV:  # a service's own secrets (a broker's URL) stay with it
-        env.pop(name, None)
     env.update(
         BATCHCTL_DATABASE_URL=config.database_url,
         BATCHCTL_JOBS_DIR=str(config.jobs_dir),
@@ -129,6 +134,16 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 closing (SIGHUP), which would otherwise end the process at once and leave a lost execution."""
 
 FIRST_INTERRUPT = "stopping at the next checkpoint; Ctrl-C again to interrupt"
+
+
+def scrub_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` without the secrets of batchctl's services (`BATCHCTL_API_TOKEN` and any other
+    `BATCHCTL_*` variable naming a token, secret, password or key): a job launched by a service
+    never sees what the service authenticates with. The job's own variables are kept."""
+    return {
+        name: value for name, value in environ.items()
+        if not re.match(SERVICE_SECRET_ENV, name)
+    }
 
 
 class _StopOnSignals:

@@ -906,12 +906,15 @@ class Batch(ScheduleOperations):
             raise UsageError(f"job {parsed} has no executions")
         return latest
 
-    def execution(self, target: str | int) -> JobExecution:
+    def execution(self, target: str | int, *, recover: bool = True) -> JobExecution:
         """One execution: by id, or by job name the job's most recently created execution (as
         `stop` and `restart` read their target). A live one whose process is lost is first
-        marked so."""
+        marked so (unless `recover=False`: a pure read, for services that run `recover_lost`
+        in the background)."""
         execution = self._resolve(target)
-        return self._recover(execution) if execution.status.is_live else execution
+        if recover and execution.status.is_live:
+            return self._recover(execution)
+        return execution
 
     def earlier_steps(self, execution: JobExecution) -> list[StepExecution]:
         """The steps that earlier executions of its instance completed and that `execution`
@@ -952,12 +955,17 @@ class Batch(ScheduleOperations):
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int | None = 20,
+        before: int | None = None,
+        recover: bool = True,
     ) -> list[JobExecution]:
         """Executions, newest first; `limit=None` for all; `since` (inclusive) and `until`
-        (exclusive) bound their creation time. Lost processes are marked first. UnknownJob for
-        a name that is neither a job nor in the history."""
+        (exclusive) bound their creation time; `before`: only ids below it (keyset pagination,
+        stable while new executions are inserted). Lost processes are marked first (unless
+        `recover=False`: a pure read). UnknownJob for a name that is neither a job nor in the
+        history."""
         return self.history_page(
-            job, statuses=statuses, since=since, until=until, limit=limit
+            job, statuses=statuses, since=since, until=until, limit=limit, before=before,
+            recover=recover,
         ).executions
 
     def history_page(
@@ -968,13 +976,18 @@ class Batch(ScheduleOperations):
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int | None = 20,
+        before: int | None = None,
+        recover: bool = True,
     ) -> HistoryPage:
         """`history`, with what a listing shows beside it: whether `limit` cut rows off, and
         which execution resumed each shown execution that a later one resumed."""
         wanted = _statuses(statuses)
-        self.recover_lost(job)
+        if recover:
+            self.recover_lost(job)
         fetch = None if limit is None else min(limit, MAX_ID - 1) + 1  # one more: were rows cut?
-        found = self.repository.history(job, wanted, fetch, since=since, until=until)
+        found = self.repository.history(
+            job, wanted, fetch, before_id=before, since=since, until=until
+        )
         more = limit is not None and len(found) > limit
         executions = found[:limit] if more else found
         if job is not None and not found and job not in self.registry.jobs:
@@ -982,3 +995,10 @@ class Batch(ScheduleOperations):
                 self.registry.get(job)  # UnknownJob, naming any load problems
         resumed_by = self.repository.resumed_by(executions)
         return HistoryPage(executions, more, resumed_by)
+
+    def stats(self) -> Any:
+        """The repository summed up (executions by job and status, durations, item counters):
+        a `batchctl.repository.stats.RepositoryStats`, read without writing."""
+        from batchctl.repository.stats import repository_stats
+
+        return repository_stats(self.repository)

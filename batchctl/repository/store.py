@@ -623,10 +623,13 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
         statuses: Sequence[Status] = (),
         limit: int | None = 20,
         *,
+        before_id: int | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[JobExecution]:
-        """Read: executions, newest first; created at or after `since`, before `until`."""
+        """Read: executions, newest first. `before_id`: only ids below it (keyset pagination:
+        a page is stable while newer executions are inserted); `since` / `until`: created at or
+        after / before these instants."""
         query = select(*_EXECUTION_COLUMNS).join(
             job_instance, job_instance.c.id == job_execution.c.instance_id
         )
@@ -638,6 +641,12 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
             query = query.where(job_execution.c.created_at < until)
         if statuses:
             query = query.where(job_execution.c.status.in_([s.value for s in statuses]))
+        if before_id is not None:
+            query = query.where(job_execution.c.id < before_id)
+        if since is not None:
+            query = query.where(job_execution.c.created_at >= since)
+        if until is not None:
+            query = query.where(job_execution.c.created_at < until)
         query = query.order_by(job_execution.c.id.desc())
         if limit is not None:
             query = query.limit(limit)

@@ -26,6 +26,7 @@ PUBLIC = {
     "schedules", "schedule", "schedule_states", "last_scheduled_fires", "pause_schedule",
     "resume_schedule", "trigger_schedule", "fire", "skip_fire", "launch_pending_fires",
     "register_service", "service_heartbeat", "retire_service",
+    "stats",
 }
 
 

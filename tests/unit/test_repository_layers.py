@@ -16,7 +16,7 @@ PACKAGE = Path(batchctl.repository.__file__).parent
 # Lowest first: a module may import only modules before it.
 LAYERS = [
     "tables", "connect", "migrate", "rows", "events", "base", "partitions", "fires", "prune",
-    "store", "messages",
+    "store", "stats", "messages",
 ]
 
 
