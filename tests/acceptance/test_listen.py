@@ -193,7 +193,10 @@ def project(tmp_path: Path, jobs_dir: Path, work: Path, database_url: str) -> Co
 
 
 @pytest.fixture
-def batch(project: Config) -> Iterator[Batch]:
+def batch(project: Config, work: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Batch]:
+    """The test's own view of the repository; it may load the job modules (they read the
+    work folder from the environment, as the listener's processes do)."""
+    monkeypatch.setenv("LISTEN_WORK", str(work))
     with Batch(project) as opened:
         opened.upgrade_schema()
         yield opened
