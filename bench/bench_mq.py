@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Any, Iterator
 
-from common import Context, Row, at_most, batchctl_command, bench, clean_env, holds
+from common import Context, Row, at_most, batchctl_command, bench, clean_env, holds, until
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -87,14 +87,7 @@ def _env(ctx: Context, database: str, name: str) -> tuple[dict[str, str], str]:
 
 
 def _until(condition: Any, interval: float = 0.005) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no result within {DEADLINE:g}s")
-        time.sleep(interval)
+    return until(condition, interval=interval, deadline=DEADLINE)
 
 
 def _listener(ctx: Context, env: dict[str, str], broker: _Broker, *args: str) -> subprocess.Popen[bytes]:

@@ -26,6 +26,7 @@ from common import (
     populate,
     run_once,
     stopwatch,
+    until,
     within,
 )
 
@@ -97,14 +98,7 @@ class _Setup:
 
 
 def _until(condition: Any, interval: float) -> Any:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no result within {DEADLINE:g}s")
-        time.sleep(interval)
+    return until(condition, interval=interval, deadline=DEADLINE)
 
 
 # -- stop latency ---------------------------------------------------------------------------------

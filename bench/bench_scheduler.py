@@ -17,7 +17,7 @@ import time
 from datetime import datetime
 from typing import Any, Iterator
 
-from common import Context, Row, at_most, batchctl_command, bench, clean_env, holds
+from common import Context, Row, at_most, batchctl_command, bench, clean_env, holds, until
 
 DEADLINE = 120.0
 LATENCY_FIRES, LATENCY_QUICK_FIRES = 60, 10
@@ -88,14 +88,7 @@ def _schedule(name: str, cron: str, **options: Any) -> str:
 
 
 def _until(condition: Any, interval: float = 0.1, deadline: float = DEADLINE) -> Any:
-    end = time.monotonic() + deadline
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise RuntimeError(f"no result within {deadline:g}s")
-        time.sleep(interval)
+    return until(condition, interval=interval, deadline=deadline)
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -232,6 +232,19 @@ class Timing:
         return statistics.median(self.cpu_times) if self.cpu_times else float("nan")
 
 
+def until(condition: Callable[[], Any], *, interval: float, deadline: float) -> Any:
+    """Poll `condition` every `interval` seconds until it returns something truthy, and return
+    that; RuntimeError after `deadline` seconds (a benchmark waits on state, never a fixed time)."""
+    end = time.monotonic() + deadline
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise RuntimeError(f"no result within {deadline:g}s")
+        time.sleep(interval)
+
+
 def run_once(argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> float:
     """Wall seconds of one subprocess run; raises if it fails (a failing command is no figure)."""
     return run_measured(argv, env=env, cwd=cwd)[0]
