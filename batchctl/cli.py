@@ -561,7 +561,7 @@ def serve(
     ] = SERVE_HOST,
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = SERVE_PORT,
 ) -> None:
-    """Serve the HTTP API and the dashboard until SIGTERM or Ctrl-C (needs batchctl[web])."""
+    """Serve the HTTP API and the dashboard until SIGTERM or Ctrl-C (needs the web extra)."""
     try:
         from batchctl.web.server import serve as run_server
     except ImportError as exc:
@@ -659,7 +659,10 @@ def main(argv: list[str] | None = None) -> None:
 
         completion_init()
     try:
-        code = app(args=args, prog_name="batchctl", standalone_mode=False, obj=state)
+        from batchctl.cligroup import lazy_group
+
+        command = lazy_group(app)
+        code = command.main(args=args, prog_name="batchctl", standalone_mode=False, obj=state)
     except BatchctlError as exc:
         _report(state, exc.message + _unknown_job_note(state, exc), exc)
         code = exc.exit_code

@@ -292,8 +292,11 @@ def compare_commands(
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment of a measured command: no batchctl settings but the ones given, no
-    colour, a fixed width (so that rich does the same work every run)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHCTL_")}
+    colour, a fixed width (so that rich does the same work every run). Bytecode is cached as an
+    installed package's is: with PYTHONDONTWRITEBYTECODE (set on some machines) every run would
+    recompile batchctl's source but not the site-packages it is compared with."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("BATCHCTL_") and k != "PYTHONDONTWRITEBYTECODE"}
     env.update({"NO_COLOR": "1", "COLUMNS": "160", "TERM": "dumb"})
     env.update(extra)
     return env
