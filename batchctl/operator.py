@@ -963,10 +963,7 @@ class Batch(ScheduleOperations):
         stable while new executions are inserted). Lost processes are marked first (unless
         `recover=False`: a pure read). UnknownJob for a name that is neither a job nor in the
         history."""
-        return self.history_page(
-            job, statuses=statuses, since=since, until=until, limit=limit, before=before,
-            recover=recover,
-        ).executions
+        return self._history(job, statuses, since, until, limit, before, recover)[0]
 
     def history_page(
         self,
@@ -981,6 +978,20 @@ class Batch(ScheduleOperations):
     ) -> HistoryPage:
         """`history`, with what a listing shows beside it: whether `limit` cut rows off, and
         which execution resumed each shown execution that a later one resumed."""
+        executions, more = self._history(job, statuses, since, until, limit, before, recover)
+        return HistoryPage(executions, more, self.repository.resumed_by(executions))
+
+    def _history(
+        self,
+        job: str | None,
+        statuses: Sequence[Status | str],
+        since: datetime | None,
+        until: datetime | None,
+        limit: int | None,
+        before: int | None,
+        recover: bool,
+    ) -> tuple[list[JobExecution], bool]:
+        """The executions `history` lists, and whether `limit` cut rows off."""
         wanted = _statuses(statuses)
         if recover:
             self.recover_lost(job)
@@ -993,8 +1004,7 @@ class Batch(ScheduleOperations):
         if job is not None and not found and job not in self.registry.jobs:
             if self.repository.latest_execution(job) is None:
                 self.registry.get(job)  # UnknownJob, naming any load problems
-        resumed_by = self.repository.resumed_by(executions)
-        return HistoryPage(executions, more, resumed_by)
+        return executions, more
 
     def stats(self) -> Any:
         """The repository summed up (executions by job and status, durations, item counters):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from sqlalchemy import Connection, insert, literal, select
+from sqlalchemy import Connection, func, insert, literal, select
 
 from batchctl.model import Event, Status, utcnow
 from batchctl.repository.tables import event, job_execution
@@ -50,6 +50,11 @@ def _insert(
             ["execution_id", "step_execution_id", "job_name", "step_name", "status", "at"], source
         )
     )
+
+
+def latest_event_id(connection: Connection) -> int:
+    """The newest event's id (0 for none): what changed since a reader last looked."""
+    return connection.execute(select(func.max(event.c.id))).scalar() or 0
 
 
 def events_after(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import fields
+from functools import cache
 from datetime import date, datetime
 from typing import Any, Mapping, TypeVar
 
@@ -24,11 +25,18 @@ T = TypeVar("T")
 
 
 def from_row(cls: type[T], row: Row[Any], **overrides: Any) -> T:
-    """A domain dataclass from a row whose columns are named as its fields."""
-    mapping = row._mapping
-    values = {f.name: mapping[f.name] for f in fields(cls) if f.init and f.name in mapping}  # type: ignore[arg-type]
+    """A domain dataclass from a row whose columns are named as its fields (other columns are
+    ignored). Reads the row as a tuple beside its column names: a listing converts thousands
+    of rows, and looking each field up in the row's mapping cost more than the query."""
+    names = _init_fields(cls)  # type: ignore[arg-type]
+    values = {name: value for name, value in zip(row._fields, row) if name in names}
     values.update(overrides)
     return cls(**values)
+
+
+@cache
+def _init_fields(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls) if f.init)
 
 
 def execution_from_row(row: Row[Any]) -> JobExecution:

@@ -33,6 +33,7 @@ from batchctl.model import (
 from batchctl.repository.base import Fence, inserted_id, taken_over_message
 from batchctl.repository.events import (
     events_after,
+    latest_event_id,
     record_execution_event,
     record_step_event,
     record_step_events,
@@ -617,6 +618,10 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
             )
         )
 
+    def latest_event_id(self) -> int:
+        """Read: the newest event's id (0 for none)."""
+        return self._read(latest_event_id)
+
     def history(
         self,
         job_name: str | None = None,
@@ -643,10 +648,6 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
             query = query.where(job_execution.c.status.in_([s.value for s in statuses]))
         if before_id is not None:
             query = query.where(job_execution.c.id < before_id)
-        if since is not None:
-            query = query.where(job_execution.c.created_at >= since)
-        if until is not None:
-            query = query.where(job_execution.c.created_at < until)
         query = query.order_by(job_execution.c.id.desc())
         if limit is not None:
             query = query.limit(limit)

@@ -31,15 +31,16 @@ MAX_PAGE = 1000  # the most executions one page of /api/executions holds
 # -- who may call -------------------------------------------------------------------------------
 
 
-def reader(request: Request) -> Principal:
-    """Any valid token or session (401 otherwise)."""
+async def reader(request: Request) -> Principal:
+    """Any valid token or session (401 otherwise). Async, as `operator`: no I/O, and a sync
+    dependency would cost every request a trip through the thread pool."""
     found = caller(request)
     if found is None:
         raise NotSignedIn()
     return found[0]
 
 
-def operator(request: Request) -> Principal:
+async def operator(request: Request) -> Principal:
     """A token or session with the operate role (403 for a read-only one); by session, only
     from a page of this site (the Origin check; the cookie is SameSite=Strict as well)."""
     found = caller(request)
@@ -176,7 +177,7 @@ def _job_name(job: str) -> str:
 
 
 @router.get("/executions", summary="Executions, newest first, a page at a time")
-def list_executions(
+async def list_executions(
     request: Request,
     _who: Reader,
     job: Optional[str] = None,
@@ -189,33 +190,44 @@ def list_executions(
     """`{"items": [execution objects], "next_cursor": ...}`; pass `next_cursor` as `cursor` for
     the next page (keyset pagination: stable while new executions are inserted). `status` may
     be repeated or comma-separated; `since`/`until` are ISO 8601 (creation time, UTC without an
-    offset)."""
+    offset). Answers may be reused for up to a second (web/listings.py): a status change or a
+    write through this server is seen at once."""
+    from starlette.concurrency import run_in_threadpool
+
     before = None
     if cursor:
         if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19:
             raise BadRequest(f"invalid cursor {cursor!r}")
         before = int(cursor)
     statuses = [part for item in status for part in item.split(",") if part]
-    executions = state_of(request).batch.history(
-        job, statuses=statuses, limit=limit + 1, before=before, since=_instant(since, "since"),
-        until=_instant(until, "until"), recover=False,
-    )
-    page = executions[:limit]
-    more = len(executions) > limit
-    return json_response({
-        "items": [render.execution_dict(execution) for execution in page],
-        "next_cursor": str(page[-1].id) if more and page else None,
-    })
+    first, last = _instant(since, "since"), _instant(until, "until")
+    batch, key = state_of(request).batch, f"{request.url.path}?{request.url.query}"
+
+    def listing() -> bytes:
+        executions = batch.history(job, statuses=statuses, limit=limit + 1, before=before,
+                                   since=first, until=last, recover=False)
+        page = executions[:limit]
+        more = len(executions) > limit
+        return json_text({
+            "items": [render.execution_dict(execution) for execution in page],
+            "next_cursor": str(page[-1].id) if more and page else None,
+        }).encode()
+
+    body = await state_of(request).listings.get(key, lambda: run_in_threadpool(listing))
+    return Response(body, media_type="application/json")
 
 
 def json_response(value: Any, status_code: int = 200) -> Response:
     """JSON as `--json` writes it (NaN as null), without FastAPI's per-field encoding: the
     hot listing answers several times faster."""
+    return Response(json_text(value), status_code=status_code, media_type="application/json")
+
+
+def json_text(value: Any) -> str:
     try:
-        text = json.dumps(value, default=str, allow_nan=False)
+        return json.dumps(value, default=str, allow_nan=False)
     except ValueError:
-        text = json.dumps(render._finite(value), default=str)
-    return Response(text, status_code=status_code, media_type="application/json")
+        return json.dumps(render._finite(value), default=str)
 
 
 @router.get("/executions/{id}", summary="One execution, as `batchctl show --json`")
@@ -300,7 +312,7 @@ def events(
     def read(floor: int) -> list[Any]:
         return list(state.batch.events(floor, limit=EVENT_BATCH, job=job, execution=number))
 
-    return _sse(event_stream(read, start, state.stopping.is_set))
+    return _sse(event_stream(read, start, state.stopping.is_set, noted=state.listings.note))
 
 
 def _sse(stream: Any) -> StreamingResponse:

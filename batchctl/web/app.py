@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from batchctl.defaults import RECOVER_INTERVAL
+from batchctl.defaults import EVENT_POLL_INTERVAL, RECOVER_INTERVAL
 from batchctl.errors import (
     BatchctlError,
     EnvironmentProblem,
@@ -35,6 +35,7 @@ from batchctl.errors import (
     UsageError,
 )
 from batchctl.web.auth import HttpRefusal, Principal, Sessions, Tokens
+from batchctl.web.listings import Listings
 
 log = logging.getLogger("batchctl.serve")
 
@@ -63,6 +64,8 @@ class WebState:
     sessions: Sessions = field(default_factory=Sessions)
     stopping: threading.Event = field(default_factory=threading.Event)
     recover_interval: float = RECOVER_INTERVAL
+    listings: Listings = field(default_factory=Listings)
+    watch_interval: float = EVENT_POLL_INTERVAL
 
 
 def state_of(request: Request) -> WebState:
@@ -138,16 +141,19 @@ def create_app(state: WebState, *, on_request: Callable[[str], None] | None = No
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_recover_forever(state, say))
+        tasks = [asyncio.create_task(_recover_forever(state, say)),
+                 asyncio.create_task(_watch_outbox(state))]
         try:
             yield
         finally:
             state.stopping.set()
-            task.cancel()
-            # A check running in a thread finishes first: its connection goes back to the pool
+            for task in tasks:
+                task.cancel()
+            # A read running in a thread finishes first: its connection goes back to the pool
             # before the caller closes the Batch.
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     app = FastAPI(
         title="batchctl",
@@ -163,20 +169,47 @@ def create_app(state: WebState, *, on_request: Callable[[str], None] | None = No
                   RequestValidationError):
         app.add_exception_handler(error, handle_error)
 
-    @app.middleware("http")
-    async def log_request(request: Request, call_next: Any) -> Response:
-        started = time.monotonic()
-        response: Response = await call_next(request)
-        # The path without its query: a sign-in link carries a token there.
-        say(f"{request.method} {request.url.path} {response.status_code} "
-            f"{(time.monotonic() - started) * 1000:.0f}ms")
-        return response
-
     app.include_router(api.router)
     app.include_router(api.root)
     app.include_router(pages.router)
     pages.mount_static(app)
+    app.add_middleware(RequestLog, say=say, listings=state.listings)
     return app
+
+
+class RequestLog:
+    """One line per request (method, path without its query, status, time), and after any
+    request that may have written, a cleared listings cache. A plain ASGI middleware:
+    Starlette's `BaseHTTPMiddleware` costs a task and a stream per request."""
+
+    def __init__(self, app: Any, say: Callable[[str], None], listings: Listings) -> None:
+        self.app = app
+        self.say = say
+        self.listings = listings
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.monotonic(), 500
+        writes = scope["method"] not in ("GET", "HEAD", "OPTIONS")
+
+        async def send_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if writes:  # before the client can see the answer and ask for a listing
+                    self.listings.clear()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            if writes:
+                self.listings.clear()
+            # The path without its query: a sign-in link carries a token there.
+            self.say(f"{scope['method']} {scope['path']} {status} "
+                     f"{(time.monotonic() - started) * 1000:.0f}ms")
 
 
 async def _recover_forever(state: WebState, say: Callable[[str], None]) -> None:
@@ -190,6 +223,18 @@ async def _recover_forever(state: WebState, say: Callable[[str], None]) -> None:
         except BatchctlError as exc:
             say(f"lost-process check failed: {exc.message}")
         await asyncio.sleep(state.recover_interval)
+
+
+async def _watch_outbox(state: WebState) -> None:
+    """Tell the listings cache the outbox's newest id every `watch_interval` (None when the
+    repository cannot be read: nothing is cached then)."""
+    while not state.stopping.is_set():
+        try:
+            marker: int | None = await run_in_threadpool(state.batch.repository.latest_event_id)
+        except BatchctlError:
+            marker = None
+        state.listings.see(marker)
+        await asyncio.sleep(state.watch_interval)
 
 
 def _version() -> str:

@@ -80,13 +80,17 @@ async def event_stream(
     stopping: Callable[[], bool],
     *,
     poll: float = EVENT_POLL_INTERVAL,
+    noted: Callable[[int], None] = lambda event_id: None,
 ) -> AsyncIterator[str]:
-    """The outbox as server-sent events, after event id `after`, until `stopping()`."""
+    """The outbox as server-sent events, after event id `after`, until `stopping()`;
+    `noted(id)` hears of the newest event read before any of them is sent."""
     cursor = EventCursor(after)
     yield "retry: 2000\n\n"
     quiet_since = time.monotonic()
     while not stopping():
         events = await run_in_threadpool(read, cursor.floor)
+        if events:
+            noted(max(event.id for event in events))
         for event in cursor.take(events, time.monotonic()):
             yield sse(json.dumps(event_dict(event)), event="status", id=event.id)
             quiet_since = time.monotonic()

@@ -343,3 +343,26 @@ def test_pages_sign_in_and_cross_site_check(web: Any) -> None:
                       follow_redirects=False).headers["location"] == "/"
     client.post("/logout", headers={"Origin": "http://testserver"})
     assert client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_a_listing_shows_an_execution_recorded_elsewhere_once_its_event_is_seen(web: Any) -> None:
+    """Listings are reused while nothing changes; a status change written by another process
+    (here: straight into the repository) reaches the next listing within moments."""
+    client, batch = web
+    _insert_executions(batch, 1, "first")
+    wait_for(lambda: len(client.get("/api/executions", headers=READ).json()["items"]) == 1)
+    _insert_executions(batch, 1, "second")
+    listed = wait_for(lambda: (items := client.get("/api/executions", headers=READ).json()["items"])
+                      and len(items) == 2 and items)
+    assert [item["params"]["who"] for item in listed] == ["second0", "first0"]
+
+
+def test_a_start_through_the_api_is_in_the_very_next_listing(web: Any) -> None:
+    client, batch = web
+    _insert_executions(batch, 1, "before")
+    wait_for(lambda: len(client.get("/api/executions", headers=READ).json()["items"]) == 1)
+    started = client.post("/api/jobs/hello/start", headers=OPERATE,
+                          json={"params": {"who": "now"}}).json()
+    listed = client.get("/api/executions", headers=READ).json()["items"]
+    assert listed[0]["id"] == started["id"]
+    finished(batch, started["id"])
