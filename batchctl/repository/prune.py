@@ -13,7 +13,7 @@ most `batch_size` executions, so that a busy repository never waits long for its
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Iterator, Sequence
 
@@ -31,7 +31,9 @@ from batchctl.repository.tables import (
     step_execution,
 )
 
-PRUNE_BATCH_SIZE = 500  # executions deleted per transaction: a few milliseconds of write lock
+PRUNE_BATCH_SIZE = 500  # executions deleted by the first transaction (then sized by time)
+PRUNE_BATCH_SECONDS = 0.2  # what each later transaction is sized to last: the write lock's hold
+PRUNE_BATCH_MIN = 20  # executions per transaction, however slow the repository
 
 
 @dataclass(frozen=True)
@@ -124,15 +126,18 @@ class PruneQueries(RepositoryBase):
         """
         plan = self._read(lambda connection: self._plan(connection, rules))
         after = 0
+        sized = rules
         while True:
             started = time.perf_counter()
             if dry_run:
-                batch, after = self._read(lambda c: self._count_batch(c, rules, plan, after))
+                batch, after = self._read(lambda c: self._count_batch(c, sized, plan, after))
             else:
                 batch, after = self._write(
-                    lambda c: self._delete_batch(c, rules, plan, after), serializable=True
+                    lambda c: self._delete_batch(c, sized, plan, after), serializable=True
                 )
             batch.seconds = time.perf_counter() - started
+            sized = replace(sized, batch_size=_next_size(sized.batch_size, batch.seconds,
+                                                         rules.batch_size))
             if after == 0:  # nothing left to look at
                 if dry_run and plan.per_instance:
                     yield PruneBatch(instances=self._read(lambda c: _emptied(c, plan.per_instance)))
@@ -338,3 +343,11 @@ def _emptied(connection: Connection, per_instance: dict[int, int]) -> int:
 
 
 __all__ = ["EXECUTION_CHILDREN", "Owned", "PruneBatch", "PruneQueries", "PruneRules"]
+
+
+def _next_size(size: int, seconds: float, first: int) -> int:
+    """The next batch's size: what should last PRUNE_BATCH_SECONDS at the last batch's pace
+    (a repository on slow disks, or busy, gets smaller transactions), at most double the last
+    and at most four times the first."""
+    wanted = size * PRUNE_BATCH_SECONDS / max(seconds, 1e-3)
+    return max(min(PRUNE_BATCH_MIN, first), min(int(wanted), size * 2, first * 4))

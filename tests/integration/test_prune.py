@@ -190,7 +190,7 @@ def test_a_dry_run_counts_the_same_and_writes_nothing(batch: Batch, tmp_path: Pa
                           real.instances, real.log_files, real.kept) == (6, 6, 6, 5, 4, 1)
 
 
-def test_deletes_run_in_batches_of_the_given_size(batch: Batch) -> None:
+def test_the_first_batch_has_the_given_size_and_the_next_ones_are_sized_by_time(batch: Batch) -> None:
     made = [record(batch, n, Status.COMPLETED) for n in range(7)]
     record(batch, 99, Status.FAILED)  # kept: restartable
 
@@ -198,7 +198,8 @@ def test_deletes_run_in_batches_of_the_given_size(batch: Batch) -> None:
         PruneRules(cutoff=utcnow() - AGE, protect=(Status.FAILED,), batch_size=3)
     ))
 
-    assert [b.executions for b in batches] == [3, 3, 1]
+    assert batches[0].executions == 3
+    assert [b.executions for b in batches[1:]] in ([4], [3, 1])  # fast batches grow, up to 2x
     assert sum(b.kept for b in batches) == 1
     assert all(b.seconds > 0 for b in batches)
     assert not {e.id for e in made} & ids(batch)

@@ -62,3 +62,23 @@ def test_ending_sets_status_exit_code_message_and_time() -> None:
 
 def test_column_values_store_a_status_as_its_name() -> None:
     assert column_values({"status": Status.STOPPED, "pid": 4}) == {"status": "STOPPED", "pid": 4}
+
+
+def test_a_slow_prune_batch_makes_the_next_one_smaller() -> None:
+    from batchctl.repository.prune import PRUNE_BATCH_SECONDS, _next_size
+
+    assert _next_size(500, PRUNE_BATCH_SECONDS * 5, 500) == 100
+
+
+def test_a_fast_prune_batch_at_most_doubles_the_next_and_never_passes_four_times_the_first() -> None:
+    from batchctl.repository.prune import _next_size
+
+    assert _next_size(500, 0.001, 500) == 1000
+    assert _next_size(1800, 0.001, 500) == 2000
+
+
+def test_a_prune_batch_never_shrinks_below_the_minimum() -> None:
+    from batchctl.repository.prune import PRUNE_BATCH_MIN, _next_size
+
+    assert _next_size(500, 1000.0, 500) == PRUNE_BATCH_MIN
+    assert _next_size(3, 1000.0, 3) == 3  # a first size below the minimum is kept
