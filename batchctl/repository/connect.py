@@ -30,6 +30,8 @@ from batchctl.repository.tables import LIVE_INDEX, job_execution
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # how long a SQLite writer waits for the lock before failing
 SQLITE_BUSY = 5  # SQLite's primary result code when the busy timeout ran out (no extended code)
+SQLITE_STORAGE = (10, 13)  # SQLITE_IOERR, SQLITE_FULL: its file (or -wal, -shm) cannot be written
+DISK_FULL_SQLSTATE = "53100"  # Postgres: disk_full
 RETRY_ATTEMPTS = 20  # serialization failures retried before the error reaches the caller
 RETRY_BACKOFF = 0.01  # seconds, doubled per attempt up to RETRY_BACKOFF_MAX
 RETRY_BACKOFF_MAX = 0.5
@@ -182,11 +184,23 @@ def is_locked(exc: BaseException) -> bool:
     return getattr(exc.orig, "sqlite_errorcode", None) == SQLITE_BUSY
 
 
+def is_storage_error(exc: BaseException) -> bool:
+    """True when the database could not write its files: a full disk (SQLite's "database or
+    disk is full", Postgres's disk_full) or an I/O error (SQLite's "disk I/O error", which is
+    what a full disk gives while it creates its -wal or -shm file)."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in SQLITE_STORAGE:
+        return True
+    return getattr(exc.orig, "sqlstate", None) == DISK_FULL_SQLSTATE
+
+
 def is_unreachable(exc: BaseException) -> bool:
     """True when the error means we could not talk to the database at all, or may not write
-    to it (a read-only SQLite file or folder, a Postgres standby): the environment, not
-    batchctl, must change."""
-    if is_read_only(exc):
+    to it (a read-only SQLite file or folder, a Postgres standby, a full disk): the
+    environment, not batchctl, must change."""
+    if is_read_only(exc) or is_storage_error(exc):
         return True
     if not isinstance(exc, OperationalError):
         return False
@@ -311,6 +325,12 @@ def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
     why = _sqlite_read_only(url)
     if why is not None:  # SQLite cannot even open a WAL database it may not write
         return DatabaseUnavailable(f"the job repository {mask_url(url)} is read-only: {why}")
+    if is_storage_error(exc):
+        full = _sqlite_full(url)
+        where = f" ({full} is full)" if full else ""
+        return DatabaseUnavailable(
+            f"the job repository {mask_url(url)} cannot be written: {detail}{where}"
+        )
     return DatabaseUnavailable(f"cannot reach the job repository {mask_url(url)}: {detail}")
 
 
@@ -337,6 +357,22 @@ def _sqlite_read_only(url: str) -> str | None:
     if not os.access(folder, os.W_OK):
         return f"its folder {folder} may not be written (SQLite writes its -wal and -shm files there)"
     return None
+
+
+def _sqlite_full(url: str) -> str | None:
+    """The folder of a SQLite repository whose file system has no space left, or None."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database.startswith(("file:", ":")):
+        return None
+    folder = os.path.dirname(os.path.abspath(database))
+    try:
+        return folder if os.statvfs(folder).f_bavail == 0 else None
+    except OSError:
+        return None
 
 
 def with_retries(work: Callable[[], T]) -> T:

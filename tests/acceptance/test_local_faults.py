@@ -405,3 +405,42 @@ def test_a_sqlite_repository_locked_mid_run_ends_in_one_line_and_the_run_restart
     done = run("restart", "slow", **env)
     assert done.returncode == 0, done.stderr
     assert out.read_text().splitlines() == ["id"] + [str(i) for i in range(100)]
+
+
+def test_a_sqlite_repository_whose_disk_fills_up_mid_run_ends_in_one_line_and_restarts(
+    cli: Callable[..., Cli], mount_tmpfs: Callable[..., Path], tmp_path: Path
+) -> None:
+    disk = mount_tmpfs("2m")
+    run = cli("sqlite", url=f"sqlite:///{disk / 'repository.db'}")
+    (run.jobs / "slow.py").write_text(textwrap.dedent(SLOW))
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    out = tmp_path / "out.csv"
+    env = {"SIGNALS": str(signals), "SLOW_OUT": str(out)}
+    process = run.popen("start", "slow", **env)
+    try:
+        wait_until(lambda: (signals / "ready").exists() or process.poll() is not None,
+                   "the run reaches its fourth chunk")
+        assert process.poll() is None, process.communicate()
+        ballast = fill(disk)
+        (signals / "go").touch()
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 5, stderr
+    assert "Traceback" not in stderr
+    last = stderr.splitlines()[-1]
+    assert last.startswith(
+        f"batchctl: error: execution 1 of slow ended without recording its outcome: the job "
+        f"repository {run.url} cannot be written: "
+    ), last
+    assert f"({disk} is full); the next command marks it FAILED" in last
+
+    ballast.unlink()
+    [execution] = run.history()
+    assert execution["status"] == "FAILED" and "process lost" in execution["exit_message"]
+    done = run("restart", "slow", **env)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text().splitlines() == ["id"] + [str(i) for i in range(100)]

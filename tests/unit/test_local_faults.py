@@ -255,3 +255,37 @@ def test_a_sqlite_file_that_may_not_be_written_is_read_only_not_unreachable(tmp_
         f"the job repository {url} is read-only: the file {database} may not be written"
     )
     assert isinstance(unavailable(url, cannot_open), BatchctlError)
+
+
+def test_a_repository_whose_disk_is_full_cannot_be_written_naming_the_full_folder(
+    tmp_path, monkeypatch
+):
+    from batchctl.repository.connect import is_storage_error, is_unreachable
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = 13  # type: ignore[attr-defined]
+    error = OperationalError("COMMIT", None, full)
+    assert is_storage_error(error) and is_unreachable(error) and not is_retryable(error)
+    assert unavailable(url, error).message == (
+        f"the job repository {url} cannot be written: database or disk is full"
+    )
+
+    class Full:
+        f_bavail = 0
+        f_flag = 0
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Full())
+    assert unavailable(url, error).message == (
+        f"the job repository {url} cannot be written: database or disk is full ({tmp_path} is full)"
+    )
+    with pytest.raises(BatchctlError) as raised, translate_errors(url):
+        raise error
+    assert raised.value.exit_code == 5
+
+    disk_full = type("DiskFull", (Exception,), {"sqlstate": "53100"})  # psycopg's, in short
+    postgres = OperationalError("INSERT", None, disk_full("could not extend file"))
+    assert is_storage_error(postgres)
+    assert unavailable("postgresql://u:pw@h/db", postgres).message == (
+        "the job repository postgresql://u:***@h/db cannot be written: could not extend file"
+    )
