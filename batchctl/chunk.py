@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from batchctl.adapters import agree_on_records, open_reader, open_writer
-from batchctl.errors import FENCED, CommitUnknown
+from batchctl.errors import FENCED, CommitUnknown, DatabaseUnavailable
 from batchctl.faults import FaultPolicy, is_fatal
 from batchctl.job import ChunkSettings, listener_calls
 from batchctl.model import STEP_COUNTERS, SkipPhase, SkippedItem, Status
@@ -100,6 +100,8 @@ class ChunkRunner(StepRunner):
             exc = exc.cause
         self.ctx.state = copy.deepcopy(self.step_execution.context)
         status = Status.UNKNOWN if isinstance(exc, CommitUnknown) else Status.FAILED
+        if isinstance(exc, DatabaseUnavailable):  # recording the rollbacks would fail (or wait) too
+            return status, message or describe_exception(exc)
         try:
             if status == Status.UNKNOWN:  # the checkpoint may have committed: learn its version
                 self.step_execution = self.repository.step_execution(self.step_execution.id)

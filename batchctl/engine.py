@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from batchctl.defaults import DEFAULT_HEARTBEAT_INTERVAL, EXIT_MESSAGE_LIMIT, STOP_POLL_INTERVAL
-from batchctl.errors import FENCED, ExecutionTakenOver
+from batchctl.errors import FENCED, DatabaseUnavailable, ExecutionTakenOver
 from batchctl.host import host_name, os_exit_raises, pid_scope
 from batchctl.job import Job, Step, StepContext
 from batchctl.model import JobExecution, Status, StepExecution, utcnow
@@ -234,6 +234,16 @@ class JobRunner:
             ended = self.tracker.repository.execution(self.tracker.execution.id)
             self.observers.job_ended(ended)
             return ended
+        except DatabaseUnavailable as exc:
+            # The repository cannot be written (locked past the busy timeout, read-only, gone):
+            # nothing more can be recorded, so the run ends here with one line. The execution
+            # is left live, and its chunks as far as they committed; the next command finds its
+            # process gone and marks it FAILED, and a restart resumes it.
+            raise type(exc)(
+                f"execution {self.execution.id} of {self.job.name} ended without recording "
+                f"its outcome: {exc.message}; the next command marks it FAILED (its process "
+                "is gone), then it can be restarted"
+            ) from exc
 
     def _run_started(self, started: JobExecution) -> JobExecution:
         try:

@@ -141,3 +141,20 @@ class ConfigError(EnvironmentProblem):
 
 class DatabaseUnavailable(EnvironmentProblem):
     """The job repository's database cannot be reached."""
+
+
+class RepositoryLocked(DatabaseUnavailable):
+    """The SQLite job repository stayed locked by another process for longer than its busy
+    timeout."""
+
+
+class OutputUnwritable(EnvironmentProblem):
+    """A file of a step cannot be written."""
+
+    # Its file system is full or read-only, or its path is not a writable file. Raised inside a
+    # step, it ends the step FAILED (the run exits 1, like every failed run) with this one-line
+    # message; it is never retried nor skipped, and a restart resumes from the last checkpoint.
+
+    def __init__(self, message: str | None = None, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno

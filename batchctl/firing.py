@@ -213,9 +213,11 @@ class ScheduleOperations:
         except OSError as exc:
             log.error("execution %s could not be launched: %s", execution.id, exc)
             return batch.repository.execution(execution.id)
-        except BatchctlError as exc:  # a log_dir that cannot be made: the execution waits
+        except BatchctlError as exc:
+            # A log_dir that cannot be made or written: the execution waits (STARTING) for a
+            # later pass. A log file that could not be created ended it FAILED (see _launch).
             log.error("execution %s could not be launched: %s", execution.id, exc.message)
-            return execution
+            return batch.repository.execution(execution.id)
         batch.repository.mark_fire_launched(execution.id)
         return launched
 

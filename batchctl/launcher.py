@@ -39,7 +39,10 @@ def log_path_for(config: Config, execution: JobExecution) -> Path:
 
 def prepare_log_dir(config: Config) -> None:
     """Create the log folder, or say why it cannot be one (exit 5), before a detached
-    execution is recorded: a `log_dir` that is a file must not leave a FAILED execution behind."""
+    execution is recorded: a `log_dir` that is a file, or one that cannot be written (a
+    read-only file system, a full disk, a folder its user may not write), must not leave a
+    FAILED execution behind. Whether a log can be written is tried, not guessed from the
+    folder's mode (root writes through any mode): a byte is written, synced and removed."""
     folder = config.log_dir
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -47,6 +50,21 @@ def prepare_log_dir(config: Config) -> None:
         raise EnvironmentProblem(f"log_dir {folder} is not a folder") from None
     except OSError as exc:
         raise EnvironmentProblem(f"log_dir {folder} cannot be created: {exc.strerror}") from None
+    probe = folder / f".batchctl-probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, LOG_FILE_MODE)
+        try:
+            os.write(descriptor, b"\n")
+            os.fsync(descriptor)  # a full disk may only say so here
+        finally:
+            os.close(descriptor)
+    except OSError as exc:
+        raise EnvironmentProblem(f"log_dir {folder} cannot be written: {exc.strerror}") from None
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def spawn(config: Config, execution: JobExecution, log_path: Path) -> int:
@@ -56,9 +74,12 @@ def spawn(config: Config, execution: JobExecution, log_path: Path) -> int:
     command line, where a database password would show in `ps`). The log is created 0600
     whatever the umask: it holds the job's params and whatever the job logs.
     """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "batchctl", HIDDEN_COMMAND, str(execution.id)]
-    descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_FILE_MODE)
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_FILE_MODE)
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot create the log file {log_path}: {exc.strerror}") from None
     with open(descriptor, "ab") as log:
         process = subprocess.Popen(
             command,

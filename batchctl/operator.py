@@ -22,6 +22,7 @@ from batchctl.errors import (
     AlreadyComplete,
     AlreadyRunning,
     BatchctlError,
+    EnvironmentProblem,
     NotAbandonable,
     NotLive,
     NotRerunnable,
@@ -597,6 +598,9 @@ class Batch(ScheduleOperations):
         execution = self.repository.update_execution(execution, log_path=str(log_path))
         try:
             pid = launcher.spawn(self.config, execution, log_path)
+        except EnvironmentProblem as exc:  # its log file cannot be created (exit 5)
+            self._fail_unstarted(execution, exc.message)
+            raise
         except OSError as exc:
             self._fail_unstarted(execution, f"could not start a process: {exc}")
             raise

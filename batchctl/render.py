@@ -667,7 +667,7 @@ def setup_logging(*, rich_output: bool, level: int = logging.INFO) -> None:
         )
         handler.setFormatter(StepFormatter("%(message)s"))
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = LossyStreamHandler(sys.stderr)
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
         )
@@ -675,6 +675,43 @@ def setup_logging(*, rich_output: bool, level: int = logging.INFO) -> None:
     root.propagate = False
     # On a terminal the live display already shows what the engine logs about steps.
     logging.getLogger("batchctl.engine").setLevel(logging.WARNING if rich_output else logging.NOTSET)
+
+
+class LossyStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines to a stream that may fail: a detached run's log on a disk that fills up. A
+    line that cannot be written is counted, not raised nor retried (the run goes on, and
+    never waits for space); the next line that can be written is preceded by how many could
+    not and why."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self.unwritten = 0
+        self.reason = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.unwritten:
+            try:
+                self.stream.write(
+                    f"batchctl: {self.unwritten} log line(s) could not be written "
+                    f"({self.reason}); some may be missing above\n"
+                )
+                self.flush()
+            except OSError as exc:
+                self._count(exc)
+                return
+            self.unwritten = 0
+        super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            self._count(error)
+            return
+        super().handleError(record)
+
+    def _count(self, error: OSError) -> None:
+        self.unwritten += 1
+        self.reason = error.strerror or str(error)
 
 
 class StepFormatter(logging.Formatter):

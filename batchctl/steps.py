@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 from batchctl.defaults import EXIT_MESSAGE_LIMIT
-from batchctl.errors import FENCED, CommitUnknown
+from batchctl.errors import FENCED, CommitUnknown, EnvironmentProblem
 from batchctl.host import describe_exit
 from batchctl.job import Step, StepContext, listener_calls
 from batchctl.model import Status, StepExecution, storable_json, unstorable_reason, utcnow
@@ -244,7 +244,10 @@ def close_quietly(connection: Any, step: str) -> None:
 
 
 def describe_exception(exc: BaseException) -> str:
-    """The exception's one-line summary, then its traceback."""
-    summary = f"{type(exc).__name__}: {exc}"
+    """The exception's one-line summary, then its traceback. A problem of the environment (a
+    full disk, an unwritable file, a repository that cannot be written) is summed up by its
+    own message, which names the path and the cause: "disk full writing out.csv: No space
+    left on device"."""
+    summary = exc.message if isinstance(exc, EnvironmentProblem) else f"{type(exc).__name__}: {exc}"
     trace = "".join(traceback.format_exception(exc))
     return f"{summary}\n{trace}"[:EXIT_MESSAGE_LIMIT]

@@ -4,12 +4,13 @@ and writing that records its offset at each commit and truncates back to it on r
 from __future__ import annotations
 
 import codecs
+import errno
 import hashlib
 import os
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from batchctl.errors import BatchctlError
+from batchctl.errors import BatchctlError, OutputUnwritable
 from batchctl.items.paths import PathTemplate, resolve_path
 
 PART_SUFFIX = ".part"  # an atomic writer's file until its step completes
@@ -19,6 +20,27 @@ HASH_BLOCK = 1 << 20  # bytes read at a time to checksum a finished file
 
 class CheckpointMismatch(BatchctlError):
     """A file does not match its writer's checkpoint: it was changed by someone else."""
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def unwritable(path: Path, exc: OSError) -> OutputUnwritable:
+    """The one-line error for an OSError met opening or writing `path`:
+    "disk full writing out.csv: No space left on device", "cannot write out.csv: Is a
+    directory". A file system error of a file writer is never retried nor skipped (it is a
+    BatchctlError): a full disk fills again, and an item is not to blame."""
+    reason = exc.strerror or str(exc)
+    other = os.fsdecode(exc.filename) if exc.filename is not None else None
+    if other is not None and other != str(path):
+        reason = f"{reason}: {other}"
+    if exc.errno in DISK_FULL:
+        return OutputUnwritable(f"disk full writing {path}: {reason}", errno=exc.errno)
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):  # a file where a folder must be
+        blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            reason = f"{blocking} is a file, not a folder"
+    return OutputUnwritable(f"cannot write {path}: {reason}", errno=exc.errno)
 
 
 def open_for_reading(path: Path, encoding: str, state: dict[str, Any]) -> tuple[BinaryIO, int]:
@@ -48,6 +70,11 @@ class FileWriter:
     Not transactional: each chunk's bytes are written and flushed before the checkpoint
     commits; a restart truncates the file back to the committed offset, so the file holds
     every item exactly once whatever the moment of a crash.
+
+    A file system error (a full disk, a read-only file system, a path that is a folder) is
+    OutputUnwritable, naming the path: the chunk rolls back, the file is cut back to its
+    committed offset (which frees what the failed chunk took), and the step fails; a restart
+    once the cause is fixed resumes at that offset.
     """
 
     transactional = False
@@ -60,6 +87,7 @@ class FileWriter:
         self._file: BinaryIO | None = None
         self._offset = 0
         self._inode: int | None = None  # the file this writer last wrote (see _resume)
+        self._broken = False  # a write failed: bytes beyond the checkpoint may be in the buffer
 
     @property
     def target(self) -> Path:
@@ -71,16 +99,23 @@ class FileWriter:
         self.path = resolve_path(self.template, ctx)
         target = self.target
         offset = state.get("offset")
-        if offset is None:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(target, "wb")  # noqa: SIM115 - closed by close()
-            self._offset = 0
-        else:
-            if self.atomic and not target.exists() and self.path.exists():
-                self.path.replace(target)  # renamed, but the step was not recorded complete
-            self._file = self._resume(target, int(offset))
-            self._offset = int(offset)
-        self._inode = os.fstat(self._file.fileno()).st_ino
+        self._broken = False
+        try:
+            if offset is None:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(target, "wb")  # noqa: SIM115 - closed by close()
+                self._offset = 0
+            else:
+                if self.atomic and not target.exists() and self.path.exists():
+                    self.path.replace(target)  # renamed, but the step was not recorded complete
+                self._file = self._resume(target, int(offset))
+                self._offset = int(offset)
+            self._inode = os.fstat(self._file.fileno()).st_ino
+        except CheckpointMismatch:
+            raise
+        except OSError as exc:
+            self.close()
+            raise unwritable(target, exc) from exc
         self.restore(state)
 
     def _resume(self, target: Path, offset: int) -> BinaryIO:
@@ -109,7 +144,11 @@ class FileWriter:
             return handle
         fresh = target.with_name(f"{target.name}.{os.getpid()}.resume")
         mode = os.fstat(handle.fileno()).st_mode & 0o7777
-        copy = os.fdopen(os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_TRUNC, mode), "w+b")
+        try:
+            copy = os.fdopen(os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_TRUNC, mode), "w+b")
+        except BaseException:
+            handle.close()
+            raise
         try:
             _copy_bytes(handle, copy, offset)
             copy.flush()
@@ -131,8 +170,12 @@ class FileWriter:
 
     def emit(self, data: bytes) -> None:
         assert self._file is not None, "the writer is not open"
-        self._file.write(data)
-        self._file.flush()
+        try:
+            self._file.write(data)
+            self._file.flush()
+        except OSError as exc:
+            self._broken = True  # closed without a flush, then cut back by the chunk's rollback
+            raise unwritable(self.target, exc) from exc
         self._offset += len(data)
 
     @property
@@ -145,23 +188,38 @@ class FileWriter:
     def complete(self) -> None:
         """The step completed: make the file durable, checksum it, give it its final name."""
         assert self._file is not None and self.path is not None, "the writer is not open"
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
-        if self.checksum:
-            digest = _sha256(self.target)
-            sums = self.path.with_name(self.path.name + CHECKSUM_SUFFIX)
-            partial = sums.with_name(sums.name + PART_SUFFIX)
-            partial.write_text(f"{digest}  {self.path.name}\n", encoding="utf-8")
-            partial.replace(sums)
-        if self.atomic:
-            self.target.replace(self.path)
-
-    def close(self) -> None:
-        if self._file is not None:
+        writing = self.target
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())  # a delayed ENOSPC (or EIO) is reported here
             self._file.close()
             self._file = None
+            if self.checksum:
+                digest = _sha256(self.target)
+                sums = self.path.with_name(self.path.name + CHECKSUM_SUFFIX)
+                partial = sums.with_name(sums.name + PART_SUFFIX)
+                writing = partial
+                partial.write_text(f"{digest}  {self.path.name}\n", encoding="utf-8")
+                partial.replace(sums)
+            if self.atomic:
+                writing = self.path
+                self.target.replace(self.path)
+        except OSError as exc:
+            self._broken = True
+            self.close()
+            raise unwritable(writing, exc) from exc
+
+    def close(self) -> None:
+        """Close the file. After a failed write its buffer may hold bytes it could not write:
+        they are beyond the checkpoint, so they are dropped with the error they raise again."""
+        handle, self._file = self._file, None
+        if handle is None:
+            return
+        try:
+            handle.close()  # the descriptor is closed even when the final flush fails
+        except OSError as exc:
+            if not self._broken:
+                raise unwritable(self.target, exc) from exc
 
 
 def _copy_bytes(source: BinaryIO, target: BinaryIO, count: int) -> None:

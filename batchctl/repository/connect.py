@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
@@ -24,10 +25,13 @@ from sqlalchemy.exc import (
 )
 
 from batchctl.config import mask_url
-from batchctl.errors import AlreadyRunning, ConfigError, DatabaseUnavailable
+from batchctl.errors import AlreadyRunning, ConfigError, DatabaseUnavailable, RepositoryLocked
 from batchctl.repository.tables import LIVE_INDEX, job_execution
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # how long a SQLite writer waits for the lock before failing
+SQLITE_BUSY = 5  # SQLite's primary result code when the busy timeout ran out (no extended code)
+SQLITE_STORAGE = (10, 13)  # SQLITE_IOERR, SQLITE_FULL: its file (or -wal, -shm) cannot be written
+DISK_FULL_SQLSTATE = "53100"  # Postgres: disk_full
 RETRY_ATTEMPTS = 20  # serialization failures retried before the error reaches the caller
 RETRY_BACKOFF = 0.01  # seconds, doubled per attempt up to RETRY_BACKOFF_MAX
 RETRY_BACKOFF_MAX = 0.5
@@ -91,9 +95,31 @@ def _check_sqlite_folder(url: str, database: str | None) -> None:
     )
 
 
+def sqlite_busy_timeout_ms(url: Any) -> int:
+    """The busy timeout of a SQLite URL: `?timeout=S` (seconds, as Python's sqlite3 names it),
+    else SQLITE_BUSY_TIMEOUT_MS."""
+    try:
+        given = (make_url(url) if isinstance(url, str) else url).query.get("timeout")
+    except (ArgumentError, ValueError):
+        given = None
+    if given is None:
+        return SQLITE_BUSY_TIMEOUT_MS
+    try:
+        seconds = float(given if isinstance(given, str) else given[-1])
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86_400:  # NaN fails both
+        raise ConfigError(
+            f"invalid database URL {mask_url(str(url))}: timeout={given} is not a number of "
+            "seconds from 0 to 86400"
+        )
+    return int(seconds * 1000)
+
+
 def _sqlite_engine(url: Any, pool: dict[str, Any]) -> Engine:
     _create_private_file(url.database)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **pool)
+    busy_ms = sqlite_busy_timeout_ms(url)
+    engine = create_engine(url, connect_args={"timeout": busy_ms / 1000}, **pool)
 
     @event.listens_for(engine, "do_connect")
     def _before_connect(*_: Any) -> None:
@@ -104,7 +130,7 @@ def _sqlite_engine(url: Any, pool: dict[str, Any]) -> Engine:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
@@ -113,8 +139,14 @@ def _sqlite_engine(url: Any, pool: dict[str, Any]) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         read_only = connection.get_execution_options().get(READ_ONLY, False)
+        statement = "BEGIN" if read_only else "BEGIN IMMEDIATE"
         # Straight to the driver: this runs for every transaction (each chunk of a chunk step).
-        connection.connection.driver_connection.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        try:
+            connection.connection.driver_connection.execute(statement)
+        except sqlite3.OperationalError as exc:
+            # SQLAlchemy wraps no error raised in an event: wrap it as it would, so that a lock
+            # that outlasted the busy timeout is translated like any other driver error.
+            raise OperationalError(statement, None, exc) from exc
 
     return engine
 
@@ -133,8 +165,9 @@ def _create_private_file(database: str | None) -> None:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """True for errors the database asks us to answer by running the transaction again."""
-    if not isinstance(exc, DBAPIError):
+    """True for errors the database asks us to answer by running the transaction again. A
+    SQLite lock that outlasted the busy timeout is not one: it was waited for already."""
+    if not isinstance(exc, DBAPIError) or is_locked(exc):
         return False
     sqlstate = getattr(exc.orig, "sqlstate", None)
     if sqlstate in ("40001", "40P01"):  # serialization failure, deadlock detected
@@ -143,11 +176,31 @@ def is_retryable(exc: BaseException) -> bool:
     return "database is locked" in message or "database is busy" in message
 
 
+def is_locked(exc: BaseException) -> bool:
+    """True when SQLite gave up waiting for another connection's lock: the busy timeout ran out
+    (SQLITE_BUSY with no extended code; a BUSY_SNAPSHOT and the like are answered by a retry)."""
+    if not isinstance(exc, OperationalError):
+        return False
+    return getattr(exc.orig, "sqlite_errorcode", None) == SQLITE_BUSY
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """True when the database could not write its files: a full disk (SQLite's "database or
+    disk is full", Postgres's disk_full) or an I/O error (SQLite's "disk I/O error", which is
+    what a full disk gives while it creates its -wal or -shm file)."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in SQLITE_STORAGE:
+        return True
+    return getattr(exc.orig, "sqlstate", None) == DISK_FULL_SQLSTATE
+
+
 def is_unreachable(exc: BaseException) -> bool:
     """True when the error means we could not talk to the database at all, or may not write
-    to it (a read-only SQLite file or folder, a Postgres standby): the environment, not
-    batchctl, must change."""
-    if is_read_only(exc):
+    to it (a read-only SQLite file or folder, a Postgres standby, a full disk): the
+    environment, not batchctl, must change."""
+    if is_read_only(exc) or is_storage_error(exc):
         return True
     if not isinstance(exc, OperationalError):
         return False
@@ -211,6 +264,8 @@ def translate_errors(url: str) -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
+        if is_locked(exc):
+            raise locked(url) from exc
         if is_unreachable(exc):
             raise unavailable(url, exc) from exc
         if getattr(exc.orig, "sqlstate", None) == INVALID_SCHEMA_NAME:
@@ -252,13 +307,72 @@ def search_path(url: str) -> str | None:
     return None
 
 
+def locked(url: str) -> RepositoryLocked:
+    """The RepositoryLocked for a SQLite repository whose lock outlasted the busy timeout."""
+    seconds = f"{sqlite_busy_timeout_ms(url) / 1000:g}"
+    return RepositoryLocked(
+        f"the job repository {mask_url(url)} is locked by another process: still locked after "
+        f"the {seconds} s busy timeout (?timeout=S in the SQLite URL waits longer)"
+    )
+
+
 def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
     """The DatabaseUnavailable for a driver error that `is_unreachable`, naming `url` masked."""
     reason = str(getattr(exc, "orig", exc)).strip().splitlines()
     detail = reason[0] if reason else type(exc).__name__
     if is_read_only(exc):
         return DatabaseUnavailable(f"the job repository {mask_url(url)} is read-only: {detail}")
+    why = _sqlite_read_only(url)
+    if why is not None:  # SQLite cannot even open a WAL database it may not write
+        return DatabaseUnavailable(f"the job repository {mask_url(url)} is read-only: {why}")
+    if is_storage_error(exc):
+        full = _sqlite_full(url)
+        where = f" ({full} is full)" if full else ""
+        return DatabaseUnavailable(
+            f"the job repository {mask_url(url)} cannot be written: {detail}{where}"
+        )
     return DatabaseUnavailable(f"cannot reach the job repository {mask_url(url)}: {detail}")
+
+
+def _sqlite_read_only(url: str) -> str | None:
+    """Why an existing SQLite repository file cannot be written, or None: a file system mounted
+    read-only, a file (or folder) that may not be written, even by root (`chattr +i`)."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:") or not os.path.isfile(database):
+        return None
+    folder = os.path.dirname(os.path.abspath(database))
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return f"its file system ({folder}) is mounted read-only"
+    except OSError:
+        return None
+    if not os.access(database, os.W_OK):
+        return f"the file {database} may not be written"
+    if not os.access(folder, os.W_OK):
+        return f"its folder {folder} may not be written (SQLite writes its -wal and -shm files there)"
+    return None
+
+
+def _sqlite_full(url: str) -> str | None:
+    """The folder of a SQLite repository whose file system has no space left, or None."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database.startswith(("file:", ":")):
+        return None
+    folder = os.path.dirname(os.path.abspath(database))
+    try:
+        return folder if os.statvfs(folder).f_bavail == 0 else None
+    except OSError:
+        return None
 
 
 def with_retries(work: Callable[[], T]) -> T:
