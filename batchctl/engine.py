@@ -314,7 +314,13 @@ class JobRunner:
         status, message = runner.run(self.job.listeners)
         ended = runner.finish(status, message)
         self.observers.step_ended(ended)
-        log.info("step %s %s", step.name, ended.status.value)
+        if ended.status in (Status.FAILED, Status.UNKNOWN) and ended.exit_message:
+            # Its reason on stderr (and in a detached run's log), in one line: "step dump
+            # FAILED: disk full writing out.csv: No space left on device".
+            reason = ended.exit_message.strip().splitlines()[0]
+            log.error("step %s %s: %s", step.name, ended.status.value, reason)
+        else:
+            log.info("step %s %s", step.name, ended.status.value)
         return ended
 
     def _runner(self, step: Step, ctx: StepContext, step_execution: StepExecution) -> StepRunner:

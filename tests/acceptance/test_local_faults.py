@@ -180,6 +180,10 @@ def test_a_full_disk_fails_the_run_in_one_line_and_a_restart_after_freeing_space
         + f": step copy failed: disk full writing {out}.part: No space left on device"
     ]
     assert "Traceback" not in failed.stderr
+    [error] = [line for line in failed.stderr.splitlines() if " ERROR " in line]
+    assert error.endswith(
+        f"step copy FAILED: disk full writing {out}.part: No space left on device"
+    )
 
     [execution] = [e for e in run.history() if e["params"]["run"] == "full"]
     shown = run.show(str(execution["id"]))
@@ -200,6 +204,30 @@ def test_a_full_disk_fails_the_run_in_one_line_and_a_restart_after_freeing_space
     assert Path(f"{out}.sha256").read_text().split()[0] == (
         (clean / "out.csv.sha256").read_text().split()[0]
     )
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_an_output_file_on_a_read_only_file_system_fails_the_step_and_restarts_once_writable(
+    database: str, cli: Callable[..., Cli], mount_tmpfs: Callable[..., Path]
+) -> None:
+    run = cli(database)
+    (run.jobs / "dump.py").write_text(textwrap.dedent(DUMP))
+    disk = mount_tmpfs("1m")
+    remount_read_only(disk)
+    out = disk / "out.csv"
+    failed = run("start", "dump", "--params", '{"run": "ro"}', DUMP_OUT=str(out))
+    assert failed.returncode == 1, failed.stderr
+    assert failed.stdout.rstrip().endswith(
+        f": step copy failed: cannot write {out}.part: Read-only file system"
+    ), failed.stdout
+    assert "Traceback" not in failed.stderr
+    [execution] = run.history()
+    assert execution["status"] == "FAILED"
+
+    subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+    again = run("restart", "dump", DUMP_OUT=str(out))
+    assert again.returncode == 0, again.stderr
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 2001
 
 
 # -- the log folder ----------------------------------------------------------------------------------

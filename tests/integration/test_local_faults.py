@@ -114,6 +114,9 @@ def test_a_disk_that_fills_up_fails_the_run_in_one_line_and_a_restart_completes(
     [line] = failed.out.splitlines()
     assert line.endswith(f"failed: {reason}"), line
     assert "Traceback" not in failed.err
+    step_name = "to_csv" if ".csv" in full else "to_jsonl"
+    [error] = [line for line in failed.err_lines if " ERROR " in line]
+    assert error.endswith(f"step {step_name} FAILED: {reason}"), failed.err
 
     shown = _show(run_cli, "dump")
     assert shown["status"] == "FAILED"
