@@ -141,3 +141,13 @@ class ConfigError(EnvironmentProblem):
 
 class DatabaseUnavailable(EnvironmentProblem):
     """The job repository's database cannot be reached."""
+
+
+class RepositoryOutage(DatabaseUnavailable):
+    """The job repository was unreachable for longer than db_outage_timeout."""
+
+
+class RepositoryInterrupted(DatabaseUnavailable):
+    """The connection to the job repository was lost in the middle of a transaction that cannot
+    be run again as it is (a chunk's, a tasklet's): it was rolled back; the step redoes the
+    work from its last checkpoint once the repository answers again."""

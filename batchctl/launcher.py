@@ -124,6 +124,7 @@ def child_env(config: Config) -> dict[str, str]:
         BATCHCTL_LOG_DIR=str(config.log_dir),
         BATCHCTL_HEARTBEAT_INTERVAL=str(config.heartbeat_interval),
         BATCHCTL_HEARTBEAT_TIMEOUT=str(config.heartbeat_timeout),
+        BATCHCTL_DB_OUTAGE_TIMEOUT=str(config.db_outage_timeout),
         BATCHCTL_PROJECT_DIR=str(config.project_dir),
     )
     return env

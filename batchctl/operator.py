@@ -309,7 +309,9 @@ class Batch(ScheduleOperations):
         if self._repository is None:
             from batchctl.repository import Repository
 
-            self._repository = Repository.open(self.config.database_url)
+            self._repository = Repository.open(
+                self.config.database_url, outage_timeout=self.config.db_outage_timeout
+            )
         return self._repository
 
     @property
@@ -329,7 +331,9 @@ class Batch(ScheduleOperations):
 
         # Until the repository offers `upgrade_schema()` itself, run the migrations here on an
         # unmigrated connection (opening one normally would already migrate).
-        repository = self._repository or Repository.open(self.config.database_url, migrate=False)
+        repository = self._repository or Repository.open(
+            self.config.database_url, migrate=False, outage_timeout=self.config.db_outage_timeout
+        )
         try:
             with translate_errors(self.config.database_url):  # unreachable, a missing schema
                 upgrade(repository.engine)
