@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from dataclasses import replace
 from typing import Any, Callable
 
 from batchctl.chunk import ChunkRunner
+from batchctl.defaults import OUTAGE_BACKOFF, OUTAGE_BACKOFF_MAX
 from batchctl.errors import FENCED, CommitUnknown
 from batchctl.job import Step, StepContext, StepKind
 from batchctl.model import Status
@@ -36,6 +38,8 @@ class TaskletRunner(StepRunner):
     def execute(self) -> Status:
         tasklet = self.step.tasklet
         assert tasklet is not None, "a tasklet step needs its function"
+        riding_since: float | None = None  # the first lost connection of this step
+        tries = 0
         while True:
             connection = self.repository.step_connection()
             self.ctx.connection = connection
@@ -45,7 +49,9 @@ class TaskletRunner(StepRunner):
                 close_quietly(connection, self.step.name)  # rolls the uncommitted SQL back
                 if not self.repository.outage.interrupted(exc):
                     raise
-                self._ride_out(exc)
+                riding_since = riding_since if riding_since is not None else time.monotonic()
+                self._ride_out(exc, riding_since, tries)
+                tries += 1
                 continue
             except BaseException:
                 close_quietly(connection, self.step.name)
@@ -59,14 +65,19 @@ class TaskletRunner(StepRunner):
             close_quietly(connection, self.step.name)
         return status
 
-    def _ride_out(self, exc: BaseException) -> None:
+    def _ride_out(self, exc: Exception, riding_since: float, tries: int) -> None:
         """The tasklet (or its checkpoint) lost the repository's connection, so its SQL since
         the last checkpoint rolled back: wait for the repository (RepositoryOutage after
         db_outage_timeout fails the step), make sure this process still owns the step, then
-        run the tasklet again from its last checkpoint, as a restart would."""
+        run the tasklet again from its last checkpoint, as a restart would. When the
+        repository answers at once (a blip, or another database failing), back off, and give
+        up as an outage would after db_outage_timeout."""
         log.info("step %s: the tasklet lost the repository's connection (%s); running it again "
                  "from its last checkpoint", self.step.name, exc)
-        self.repository.await_reachable()
+        if not self.repository.await_reachable():
+            if time.monotonic() - riding_since > self.repository.outage.timeout:
+                raise exc
+            time.sleep(min(OUTAGE_BACKOFF * 2**tries, OUTAGE_BACKOFF_MAX))
         self.repository.check_fence(self.step_execution)
         self.ctx.state = copy.deepcopy(self.step_execution.context)
 
