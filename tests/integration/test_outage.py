@@ -502,3 +502,44 @@ def test_a_run_judged_lost_during_an_outage_stops_cleanly_when_the_database_is_b
         restarted = other.restart(execution.id)
         assert restarted.status == Status.COMPLETED, restarted.exit_message
     assert ledger_ids(postgres_url) == list(range(ROWS))
+
+
+HEARTBEAT_JOB = '''
+import os
+
+from batchctl import Job
+from tests.faults import Gate
+
+GATE = Gate(os.environ["OUTAGE_GATE_DIR"])
+job = Job("ledger")
+
+
+@job.tasklet
+def wait(ctx):
+    GATE.reached()  # no SQL: only the heartbeat meets the outage
+'''
+
+
+def test_the_heartbeat_rides_out_an_outage_and_beats_again(
+    postgres_url: str, proxy: OutageProxy, gate: Gate, write_job: Any, jobs_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """The heartbeat thread meets the outage alone: it neither ends its execution nor stops
+    beating, and the run completes."""
+    write_job("ledger", HEARTBEAT_JOB)
+    direct = Config(database_url=postgres_url, jobs_dir=jobs_dir, log_dir=tmp_path / "logs")
+    with Batch(outage_config(postgres_url, proxy, jobs_dir, tmp_path)) as batch, Batch(direct) as other:
+        thread, outcome = run_in_thread(batch, "ledger")
+        gate.wait_reached(unless=lambda: outcome)
+        [running] = other.history("ledger")
+        proxy.cut()
+        wait_until(lambda: proxy.refused >= 3)  # the heartbeat tried, and tried again
+        [during] = other.history("ledger")
+        assert during.status == Status.STARTED
+        proxy.restore()
+        wait_until(lambda: other.history("ledger")[0].heartbeat_at > during.heartbeat_at)
+        gate.open()
+        thread.join(DEADLINE)
+        [execution] = outcome
+        assert not isinstance(execution, BaseException), execution
+        assert execution.id == running.id and execution.status == Status.COMPLETED
