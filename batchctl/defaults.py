@@ -67,6 +67,7 @@ LOG_FINAL_WAIT = 2.0  # seconds `logs --follow` waits for an ended execution's p
 
 OUTAGE_BACKOFF = 0.1  # seconds before the first new attempt on an unreachable repository
 OUTAGE_BACKOFF_MAX = 2.0  # doubled per attempt up to this: a run goes on <= 2 s after the database returns
+OUTAGE_SLICE = 0.1  # seconds: how soon a stopping service or worker stops waiting for the repository
 
 # -- chunk steps ----------------------------------------------------------------------------------------
 

@@ -344,6 +344,12 @@ class Batch(ScheduleOperations):
         self._repository = repository
         return HEAD_REVISION
 
+    def stop_waiting_for_repository(self) -> None:
+        """This process is stopping (a service told to stop): an outage of the repository is
+        no longer ridden out, so that it ends within seconds. Safe in a signal handler."""
+        if self._repository is not None:
+            self._repository.outage.cancel()
+
     def close(self) -> None:
         if self._repository is not None:
             self._repository.close()

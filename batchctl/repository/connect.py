@@ -26,7 +26,12 @@ from sqlalchemy.exc import (
 )
 
 from batchctl.config import mask_url
-from batchctl.defaults import DEFAULT_DB_OUTAGE_TIMEOUT, OUTAGE_BACKOFF, OUTAGE_BACKOFF_MAX
+from batchctl.defaults import (
+    DEFAULT_DB_OUTAGE_TIMEOUT,
+    OUTAGE_BACKOFF,
+    OUTAGE_BACKOFF_MAX,
+    OUTAGE_SLICE,
+)
 from batchctl.errors import (
     AlreadyRunning,
     ConfigError,
@@ -243,6 +248,7 @@ class Outage:
         self.reached = False  # the repository answered at least once in this process
         self._since: float | None = None  # monotonic time the current outage was first seen
         self._lock = threading.Lock()
+        self._cancelled = False  # the process is stopping: give up at once (see cancel)
 
     def applies(self, exc: BaseException) -> bool:
         """Whether `exc` is an outage this process rides out."""
@@ -283,7 +289,18 @@ class Outage:
         if since is not None:
             log.warning("repository reachable again after %.1f s", time.monotonic() - since)
 
+    def cancel(self) -> None:
+        """The process is stopping (SIGTERM, Ctrl-C of a service or worker): from now on an
+        outage is not ridden out, and a ride waiting for the repository gives up within
+        OUTAGE_SLICE. Safe in a signal handler (it only sets a flag)."""
+        self._cancelled = True
+
     def gave_up(self, exc: BaseException) -> RepositoryOutage:
+        if self._cancelled:
+            return RepositoryOutage(
+                f"the job repository {mask_url(self.url)} is unreachable and this process is "
+                f"stopping: {_first_line(exc)}"
+            )
         return RepositoryOutage(
             f"the job repository {mask_url(self.url)} was unreachable for longer than "
             f"db_outage_timeout ({self.timeout:g} s): {_first_line(exc)}"
@@ -301,15 +318,25 @@ class Outage:
                     raise
                 since = self.started(exc)
                 left = since + self.timeout - time.monotonic()
-                if left <= 0 and not patient:
+                if (left <= 0 or self._cancelled) and not patient:
                     raise self.gave_up(exc) from exc
-                time.sleep(delay if patient else min(delay, left))
+                self._pause(delay if patient else min(delay, left), patient)
                 delay = min(delay * 2, OUTAGE_BACKOFF_MAX)
                 continue
             self.reached = True
             if self._since is not None:
                 self.ended()
             return result
+
+
+    def _pause(self, seconds: float, patient: bool) -> None:
+        """Sleep `seconds`, in slices, so that `cancel()` is seen within OUTAGE_SLICE."""
+        end = time.monotonic() + seconds
+        while True:
+            left = end - time.monotonic()
+            if left <= 0 or (self._cancelled and not patient):
+                return
+            time.sleep(min(left, OUTAGE_SLICE))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -543,3 +543,25 @@ def test_the_heartbeat_rides_out_an_outage_and_beats_again(
         [execution] = outcome
         assert not isinstance(execution, BaseException), execution
         assert execution.id == running.id and execution.status == Status.COMPLETED
+
+
+def test_a_worker_told_to_stop_during_an_outage_does_not_wait_for_the_repository(
+    postgres_url: str, proxy: OutageProxy, gate: Gate, jobs_dir: Path, tmp_path: Path,
+) -> None:
+    import signal
+
+    config = outage_config(postgres_url, proxy, jobs_dir, tmp_path, timeout=600.0)
+    stderr = tmp_path / "worker.txt"
+    worker = start_remote_worker(config, gate, stderr)
+    try:
+        wait_until(lambda: "started" in stderr.read_text())
+        proxy.cut()
+        wait_until(lambda: "repository unreachable, retrying" in stderr.read_text())
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(DEADLINE)  # not the 600 s of db_outage_timeout
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    lines = stderr.read_text().splitlines()
+    assert code == 5, lines
+    assert "this process is stopping" in lines[-1]

@@ -95,3 +95,17 @@ def test_other_errors_pass_through_at_once() -> None:
     error: Any = lambda: OperationalError("x", {}, sqlite3.OperationalError("database is locked"))
     with pytest.raises(OperationalError):
         outage.ride(failing(1, error))
+
+
+def test_a_stopping_process_stops_waiting_for_the_repository() -> None:
+    outage = reached(timeout=600.0)
+    calls: list[int] = []
+
+    def work() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            outage.cancel()  # as a signal handler would, while the ride waits
+        raise refused()
+
+    with pytest.raises(RepositoryOutage, match="stopping"):
+        outage.ride(work)
