@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from batchctl.adapters import agree_on_records, open_reader, open_writer
-from batchctl.errors import FENCED, CommitUnknown, DatabaseUnavailable
+from batchctl.defaults import OUTAGE_BACKOFF, OUTAGE_BACKOFF_MAX
+from batchctl.errors import FENCED, CommitUnknown, DatabaseUnavailable, RepositoryOutage
 from batchctl.faults import FaultPolicy, is_fatal
 from batchctl.job import ChunkSettings, listener_calls
 from batchctl.model import STEP_COUNTERS, SkipPhase, SkippedItem, Status
@@ -50,6 +52,10 @@ _SKIPPED = _Skipped()
 
 class _ChunkFailed(Exception):
     """A chunk failed for good and was rolled back; the cause is the error to report."""
+
+
+class _Interrupted(Exception):
+    """A chunk lost its connection to the repository (the cause); nothing of it committed."""
 
 
 @dataclass
@@ -78,6 +84,8 @@ class ChunkRunner(StepRunner):
         self.total: int | None = None
         self.records: list[str] | None = None  # column names when items travel as tuples
         self.connection: Any = None  # held for the step's commits (see step_connection)
+        self.reader: Any = None  # the open reader (reopened when a chunk is redone)
+        self.riding_since: float | None = None  # first interruption since the last commit
 
     # -- the runner interface ----------------------------------------------------------------
 
@@ -87,7 +95,7 @@ class ChunkRunner(StepRunner):
             return self._open_and_run()
         except _ChunkFailed as failed:
             cause = failed.__cause__ or failed
-            if isinstance(cause, FENCED):
+            if isinstance(cause, (*FENCED, RepositoryOutage)):
                 raise cause from None
             raise _StepFailed(cause) from cause
         finally:
@@ -128,7 +136,7 @@ class ChunkRunner(StepRunner):
     def _open_and_run(self) -> Status:
         ctx = self.ctx
         book = ctx.state[BOOKKEEPING_KEY]
-        reader = open_reader(self.settings.reader, ctx, book.get("reader"), self.position)
+        reader = self.reader = open_reader(self.settings.reader, ctx, book.get("reader"), self.position)
         failed = True
         try:
             writer = open_writer(self.settings.writer, ctx, book.get("writer"))
@@ -137,7 +145,7 @@ class ChunkRunner(StepRunner):
                     self.records = agree_on_records(reader, writer)
                 self.total = reader.total
                 self.observers.step_progress(self.step_execution, self.position, self.total)
-                status = self._chunks(reader, writer)
+                status = self._chunks(writer)
                 if status == Status.COMPLETED:
                     self._check_fence(writer)
                     writer.complete()
@@ -145,11 +153,15 @@ class ChunkRunner(StepRunner):
             finally:
                 _close(writer, self.step.name, "writer", failed)
         finally:
-            _close(reader, self.step.name, "reader", failed)
+            _close(self.reader, self.step.name, "reader", failed)
         return status
 
-    def _chunks(self, reader: Any, writer: Any) -> Status:
+    def _chunks(self, writer: Any) -> Status:
+        """Chunks until the reader ends or a stop is asked. A chunk that lost the repository's
+        connection (`_ride_out`) is redone from the last checkpoint once the repository
+        answers again."""
         ctx = self.ctx
+        reader = self.reader
         size = self.settings.size
         processor = self.settings.processor
         before = listener_calls(self.listeners, "before_chunk")
@@ -169,9 +181,16 @@ class ChunkRunner(StepRunner):
                 else:
                     outputs, filtered = items, 0
             except Exception as exc:
+                if self.repository.outage.interrupted(exc):
+                    reader = self._ride_out(exc, writer)
+                    continue
                 self._rolled_back(exc, writer)
                 raise _ChunkFailed() from exc
-            skipped = self._write(reader, writer, items, outputs, filtered)
+            try:
+                skipped = self._write(reader, writer, items, outputs, filtered)
+            except _Interrupted as interrupted:
+                reader = self._ride_out(interrupted.__cause__ or interrupted, writer)
+                continue
             for call in after:
                 call(ctx, self.step_execution)
             for call in on_skip:
@@ -230,9 +249,11 @@ class ChunkRunner(StepRunner):
                 return self._commit(
                     writer, reader_state, consumed, len(items), outputs, filtered, scan=scan
                 )
-            except (CommitUnknown, *FENCED):
+            except (CommitUnknown, _Interrupted, *FENCED):
                 raise  # a fenced-off process leaves the writer's output alone: not even a reset
             except Exception as exc:
+                if self.repository.outage.interrupted(exc):
+                    raise _Interrupted() from exc  # rolled back; redone by _chunks
                 self._rolled_back(exc, writer)
                 if scan or is_fatal(exc):
                     raise _ChunkFailed() from exc
@@ -307,9 +328,14 @@ class ChunkRunner(StepRunner):
                 commit = write(connection)
                 return commit.changes, commit.skipped
 
-            self.step_execution = self.repository.commit_chunk(
-                self.step_execution, in_transaction, connection=self.connection, repeatable=False
-            )
+            try:
+                self.step_execution = self.repository.commit_chunk(
+                    self.step_execution, in_transaction, connection=self.connection,
+                    repeatable=False,
+                )
+            except CommitUnknown as unknown:
+                assert commit is not None
+                self._settle_commit(unknown, commit)
         else:
             self._check_fence(writer)
             commit = write(None)
@@ -322,8 +348,82 @@ class ChunkRunner(StepRunner):
         self._committed(commit, consumed)
         return commit.skipped
 
+    def _settle_commit(self, unknown: CommitUnknown, commit: ChunkCommit) -> None:
+        """The COMMIT of a chunk written in the repository's transaction failed: the step row
+        says whether it went through, once the repository answers (riding out the outage).
+        Committed: the chunk is done. Not committed: everything rolled back, so a lost
+        connection redoes the chunk (`_Interrupted`) and any other failure is the write's."""
+        self._drop_connection()
+        cause = unknown.__cause__
+        if self.repository.step_committed(self.step_execution):
+            log.info("step %s: the commit of a chunk failed, but the chunk is committed",
+                     self.step.name)
+            self.step_execution = replace(
+                self.step_execution, **commit.changes, version=self.step_execution.version + 1
+            )
+            return
+        if self.repository.outage.interrupted(cause):
+            raise _Interrupted() from cause
+        raise (cause or unknown) from None
+
+    def _ride_out(self, exc: BaseException, writer: Any) -> Any:
+        """A chunk lost the repository's connection, so nothing of it committed: wait for the
+        repository (RepositoryOutage after db_outage_timeout fails the step), make sure this
+        process still owns the step (a process that was judged lost meanwhile stops here,
+        touching nothing), then go back to the last checkpoint: the writer reset, the reader
+        reopened at its committed state. Returns the new reader."""
+        self.rollbacks += 1
+        self._drop_connection()
+        if self.riding_since is None:
+            self.riding_since = time.monotonic()
+        log.info("step %s: a chunk lost the repository's connection (%s); redoing it from the "
+                 "last checkpoint", self.step.name, exc)
+        for call in listener_calls(self.listeners, "on_chunk_error"):
+            try:
+                call(self.ctx, exc)
+            except Exception:
+                log.exception("on_chunk_error of step %s failed", self.step.name)
+        _close(self.reader, self.step.name, "reader", True)
+        self.reader = None
+        tries = 0
+        while True:
+            self._await_repository(exc, tries)
+            self.ctx.state = copy.deepcopy(self.step_execution.context)
+            book = bookkeeping(self.ctx.state, CHUNK_BOOKKEEPING)
+            self.pending = []
+            writer.reset(book.get("writer"))
+            try:
+                self.reader = open_reader(
+                    self.settings.reader, self.ctx, book.get("reader"), self.position
+                )
+                return self.reader
+            except Exception as again:
+                if not self.repository.outage.interrupted(again):
+                    raise _ChunkFailed() from again
+                exc = again
+                tries += 1
+
+    def _await_repository(self, exc: BaseException, tries: int) -> None:
+        """Wait for the repository to answer and check that this process still owns the step;
+        RepositoryOutage (the step fails) once the outage has lasted db_outage_timeout."""
+        try:
+            waited = self.repository.await_reachable()
+            if not waited:
+                # The repository answered at once: a blip, or another database failing. Back
+                # off, and give up after the outage timeout as an outage would.
+                assert self.riding_since is not None
+                if time.monotonic() - self.riding_since > self.repository.outage.timeout:
+                    raise exc
+                time.sleep(min(OUTAGE_BACKOFF * 2**tries, OUTAGE_BACKOFF_MAX))
+            self.repository.check_fence(self.step_execution)
+        except FENCED:
+            raise
+        except Exception as failure:
+            raise _ChunkFailed() from failure
+
     def _committed(self, commit: ChunkCommit, consumed: int) -> None:
         """The chunk is in the repository: go on from what it committed."""
+        self.riding_since = None
         self.counters = {name: commit.changes[name] for name in STEP_COUNTERS}
         self.position += consumed
         self.faults.committed_skips += len(commit.skipped)
@@ -403,6 +503,8 @@ class _StepFailed(Exception):
 
 def _close(resource: Any, step: str, what: str, failed: bool) -> None:
     """Close a reader or writer; when the step already failed, a close error is only logged."""
+    if resource is None:
+        return
     try:
         resource.close()
     except Exception:

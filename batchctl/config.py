@@ -18,12 +18,14 @@ from typing import Any, Mapping
 from batchctl.defaults import (
     CONFIG_FILE_NAME,
     DEFAULT_DATABASE_FILE,
+    DEFAULT_DB_OUTAGE_TIMEOUT,
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_JOBS_DIR,
     DEFAULT_LOG_DIR,
     ENV_CONFIG,
     ENV_DATABASE_URL,
+    ENV_DB_OUTAGE_TIMEOUT,
     ENV_HEARTBEAT_INTERVAL,
     ENV_HEARTBEAT_TIMEOUT,
     ENV_JOBS_DIR,
@@ -39,9 +41,10 @@ _ENV_NAMES = {
     "log_dir": ENV_LOG_DIR,
     "heartbeat_interval": ENV_HEARTBEAT_INTERVAL,
     "heartbeat_timeout": ENV_HEARTBEAT_TIMEOUT,
+    "db_outage_timeout": ENV_DB_OUTAGE_TIMEOUT,
 }
 _PATH_KEYS = ("jobs_dir", "log_dir")
-_NUMBER_KEYS = ("heartbeat_interval", "heartbeat_timeout")
+_NUMBER_KEYS = ("heartbeat_interval", "heartbeat_timeout", "db_outage_timeout")
 SCHEDULES_KEY = "schedules"  # [batchctl.schedules.NAME] tables, read by batchctl.schedules
 API_KEY = "api"  # the [batchctl.api] table (tokens of the HTTP API), read by batchctl.web
 _TABLE_KEYS = (SCHEDULES_KEY, API_KEY)
@@ -63,6 +66,7 @@ class Config:
     log_dir: Path
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
+    db_outage_timeout: float = DEFAULT_DB_OUTAGE_TIMEOUT  # seconds an unreachable repository is ridden out
     source: Path | None = None
     project_dir: Path = field(default_factory=Path.cwd)
     schedules: Mapping[str, Any] = field(default_factory=dict, hash=False)  # raw tables

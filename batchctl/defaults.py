@@ -22,6 +22,7 @@ DEFAULT_JOBS_DIR = "jobs"
 DEFAULT_LOG_DIR = "logs"
 DEFAULT_HEARTBEAT_INTERVAL = 5.0  # seconds between two heartbeats of a running execution
 DEFAULT_HEARTBEAT_TIMEOUT = 60.0  # a live execution silent this long is taken as lost
+DEFAULT_DB_OUTAGE_TIMEOUT = 60.0  # seconds a run (or a service) rides out an unreachable repository
 MAX_SECONDS = 365 * 86_400.0  # the most seconds a setting takes (a year): more overflows sleeps
 
 ENV_CONFIG = "BATCHCTL_CONFIG"  # the configuration file
@@ -31,6 +32,7 @@ ENV_JOBS_DIR = "BATCHCTL_JOBS_DIR"
 ENV_LOG_DIR = "BATCHCTL_LOG_DIR"
 ENV_HEARTBEAT_INTERVAL = "BATCHCTL_HEARTBEAT_INTERVAL"
 ENV_HEARTBEAT_TIMEOUT = "BATCHCTL_HEARTBEAT_TIMEOUT"
+ENV_DB_OUTAGE_TIMEOUT = "BATCHCTL_DB_OUTAGE_TIMEOUT"
 ENV_PROJECT_DIR = "BATCHCTL_PROJECT_DIR"  # what relative paths in items are relative to
 
 # -- processes batchctl starts --------------------------------------------------------------------------
@@ -62,6 +64,12 @@ EXIT_MESSAGE_LIMIT = 20_000  # characters of a traceback kept in an exit message
 STOP_WAIT_POLL = 0.1  # seconds between two looks at an execution `stop --wait` waits for
 LOG_FOLLOW_POLL = 0.2  # seconds between two looks at a followed log
 LOG_FINAL_WAIT = 2.0  # seconds `logs --follow` waits for an ended execution's process to exit
+
+# -- repository outages (a Postgres restart or fail-over; see repository/connect.py) ---------------------
+
+OUTAGE_BACKOFF = 0.1  # seconds before the first new attempt on an unreachable repository
+OUTAGE_BACKOFF_MAX = 2.0  # doubled per attempt up to this: a run goes on <= 2 s after the database returns
+OUTAGE_SLICE = 0.1  # seconds: how soon a stopping service or worker stops waiting for the repository
 
 # -- chunk steps ----------------------------------------------------------------------------------------
 

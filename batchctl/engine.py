@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from batchctl.defaults import DEFAULT_HEARTBEAT_INTERVAL, EXIT_MESSAGE_LIMIT, STOP_POLL_INTERVAL
-from batchctl.errors import FENCED, DatabaseUnavailable, ExecutionTakenOver
+from batchctl.errors import FENCED, DatabaseUnavailable, ExecutionTakenOver, RepositoryOutage
 from batchctl.host import host_name, os_exit_raises, pid_scope
 from batchctl.job import Job, Step, StepContext
 from batchctl.model import JobExecution, Status, StepExecution, utcnow
@@ -125,6 +125,29 @@ class ExecutionTracker:
             )
             return self.execution
 
+    def end(self, status: Status, message: str) -> JobExecution:
+        """End the execution with `status`, and every step it left live, conditional on its
+        version (re-read and decided again on a lost update) and on this process owning it."""
+
+        def decide(current: JobExecution) -> dict[str, Any] | None:
+            if self.taken_over is not None:
+                raise ExecutionTakenOver(self.taken_over)
+            return {}
+
+        def reread(current: JobExecution) -> JobExecution:
+            self._refresh(self.repository.execution(current.id))
+            return self.execution
+
+        message = message[:EXIT_MESSAGE_LIMIT]
+        with self._lock:
+            self.execution = settle(
+                self.execution,
+                decide,
+                lambda current, _: self.repository.end_execution(current, status, message),
+                reread,
+            )
+            return self.execution
+
     def request_stop(self) -> None:
         """A stop asked from inside this process (Ctrl-C, SIGTERM): safe in a signal handler.
 
@@ -156,6 +179,8 @@ class ExecutionTracker:
                     last_beat = utcnow()
             except ExecutionTakenOver:
                 return
+            except DatabaseUnavailable:  # an outage, logged as such: the next beat may succeed
+                pass
             except Exception:  # the next beat may succeed; the engine must go on
                 log.warning("heartbeat of execution %s failed", self.execution.id, exc_info=True)
 
@@ -229,6 +254,9 @@ class JobRunner:
                 return self._run_started(started)
             except KeyboardInterrupt:
                 return self._finish(Status.STOPPED, "interrupted")
+        except RepositoryOutage as exc:
+            self._end_after_outage(exc)
+            raise
         except FENCED as exc:
             log.error("%s", self.tracker.taken_over or exc)
             ended = self.tracker.repository.execution(self.tracker.execution.id)
@@ -244,6 +272,30 @@ class JobRunner:
                 f"its outcome: {exc.message}; the next command marks it FAILED (its process "
                 "is gone), then it can be restarted"
             ) from exc
+
+    def _end_after_outage(self, outage: RepositoryOutage) -> None:
+        """The repository was unreachable for longer than db_outage_timeout: wait for it (however
+        long), then end the execution FAILED (STOPPED if it was stopping) with its live steps,
+        naming the outage, so that it is never left live and a restart resumes it. The caller
+        then raises the outage (the foreground process exits 5)."""
+        log.error("%s; the execution ends once the repository can be written again", outage)
+        tracker = self.tracker
+        stopping = tracker.execution.status == Status.STOPPING or tracker.stop_event.is_set()
+        status = Status.STOPPED if stopping else Status.FAILED
+        message = str(outage)
+        repository = self.repository
+        while True:
+            repository.await_reachable(patient=True)
+            try:
+                ended = tracker.end(status, message)
+            except FENCED as exc:  # judged lost meanwhile by another process: its verdict stands
+                log.error("%s", tracker.taken_over or exc)
+                return
+            except RepositoryOutage:
+                continue  # gone again before the end was written
+            self.observers.job_ended(ended)
+            log.info("execution %s %s", ended.id, ended.status.value)
+            return
 
     def _run_started(self, started: JobExecution) -> JobExecution:
         try:

@@ -158,3 +158,13 @@ class OutputUnwritable(EnvironmentProblem):
     def __init__(self, message: str | None = None, *, errno: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno
+
+
+class RepositoryOutage(DatabaseUnavailable):
+    """The job repository was unreachable for longer than db_outage_timeout."""
+
+
+class RepositoryInterrupted(DatabaseUnavailable):
+    """The connection to the job repository was lost in the middle of a transaction that cannot
+    be run again as it is (a chunk's, a tasklet's): it was rolled back; the step redoes the
+    work from its last checkpoint once the repository answers again."""

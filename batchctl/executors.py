@@ -127,7 +127,8 @@ class ThreadExecutor:
         if shared.dialect == "sqlite" and shared.engine.url.database in (None, "", ":memory:"):
             return shared  # an in-memory database lives in its engine only
         size = THREAD_CONNECTIONS * self.work.workers + 2
-        return Repository(create_repository_engine(shared.url, pool_size=size), shared.url)
+        engine = create_repository_engine(shared.url, pool_size=size)
+        return Repository(engine, shared.url, outage=shared.outage)  # one outage per process
 
 
 class ProcessExecutor:

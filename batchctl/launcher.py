@@ -145,6 +145,7 @@ def child_env(config: Config) -> dict[str, str]:
         BATCHCTL_LOG_DIR=str(config.log_dir),
         BATCHCTL_HEARTBEAT_INTERVAL=str(config.heartbeat_interval),
         BATCHCTL_HEARTBEAT_TIMEOUT=str(config.heartbeat_timeout),
+        BATCHCTL_DB_OUTAGE_TIMEOUT=str(config.db_outage_timeout),
         BATCHCTL_PROJECT_DIR=str(config.project_dir),
     )
     return env
@@ -232,11 +233,14 @@ def stop_on_signals() -> Iterator[_StopOnSignals]:
 
 
 def run_worker(worker: Any) -> int:
-    """Run a worker's claim loop; SIGTERM or Ctrl-C makes it finish its chunk and exit."""
-    previous = {
-        sig: signal.signal(sig, lambda _signum, _frame: worker.request_shutdown())
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    """Run a worker's claim loop; SIGTERM or Ctrl-C makes it finish its chunk and exit (at
+    once, exit 5, if the repository is unreachable meanwhile: it does not wait for it)."""
+
+    def stop(_signum: int, _frame: Any) -> None:
+        worker.request_shutdown()
+        worker.repository.outage.cancel()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return int(worker.run())
     finally:

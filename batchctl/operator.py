@@ -310,7 +310,9 @@ class Batch(ScheduleOperations):
         if self._repository is None:
             from batchctl.repository import Repository
 
-            self._repository = Repository.open(self.config.database_url)
+            self._repository = Repository.open(
+                self.config.database_url, outage_timeout=self.config.db_outage_timeout
+            )
         return self._repository
 
     @property
@@ -330,7 +332,9 @@ class Batch(ScheduleOperations):
 
         # Until the repository offers `upgrade_schema()` itself, run the migrations here on an
         # unmigrated connection (opening one normally would already migrate).
-        repository = self._repository or Repository.open(self.config.database_url, migrate=False)
+        repository = self._repository or Repository.open(
+            self.config.database_url, migrate=False, outage_timeout=self.config.db_outage_timeout
+        )
         try:
             with translate_errors(self.config.database_url):  # unreachable, a missing schema
                 upgrade(repository.engine)
@@ -340,6 +344,12 @@ class Batch(ScheduleOperations):
             raise
         self._repository = repository
         return HEAD_REVISION
+
+    def stop_waiting_for_repository(self) -> None:
+        """This process is stopping (a service told to stop): an outage of the repository is
+        no longer ridden out, so that it ends within seconds. Safe in a signal handler."""
+        if self._repository is not None:
+            self._repository.outage.cancel()
 
     def close(self) -> None:
         if self._repository is not None:

@@ -116,6 +116,7 @@ class Scheduler:
 
     def request_stop(self) -> None:
         self.stopping = True
+        self.batch.stop_waiting_for_repository()
         self.clock.wake()
 
     def request_reload(self) -> None:

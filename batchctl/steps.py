@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 from batchctl.defaults import EXIT_MESSAGE_LIMIT
-from batchctl.errors import FENCED, CommitUnknown, EnvironmentProblem
+from batchctl.errors import FENCED, CommitUnknown, EnvironmentProblem, RepositoryOutage
 from batchctl.host import describe_exit
 from batchctl.job import Step, StepContext, listener_calls
 from batchctl.model import Status, StepExecution, storable_json, unstorable_reason, utcnow
@@ -149,8 +149,8 @@ class StepRunner:
     def outcome(self) -> tuple[Status, str]:
         try:
             status = self.execute()
-        except FENCED:
-            raise
+        except (*FENCED, RepositoryOutage):
+            raise  # fenced off: record nothing; an outage: the engine ends the execution
         except SystemExit as exc:
             return self.failed(exc, describe_exit(exc))
         except Exception as exc:
@@ -184,6 +184,19 @@ class StepRunner:
                         raise
                     except CommitUnknown as exc:
                         status, message = Status.UNKNOWN, describe_exception(exc)
+                        if self.repository.outage.interrupted(exc.__cause__):
+                            # The step row says whether it went through, once the repository
+                            # answers again: not UNKNOWN, since the SQL committed with it.
+                            ending = self._ending(Status.COMPLETED, message="")
+                            if self.repository.step_committed(self.step_execution):
+                                self.step_execution = replace(
+                                    self.step_execution, **ending,
+                                    version=self.step_execution.version + 1,
+                                )
+                                return self.step_execution
+                            status = Status.FAILED
+                            message = ("the step's SQL was not committed: the connection to the "
+                                       "job repository was lost at its commit")
                     except Exception as exc:
                         status = Status.FAILED
                         message = f"the step's SQL could not be committed: {describe_exception(exc)}"

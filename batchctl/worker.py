@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from batchctl.defaults import IDLE_SLICE, STOP_POLL_INTERVAL, WORKER_POLL_INTERVAL
-from batchctl.errors import FENCED, JobDefinitionError
+from batchctl.errors import FENCED, DatabaseUnavailable, JobDefinitionError, RepositoryOutage
 from batchctl.host import host_name, os_exit_raises
 from batchctl.job import Job, PartitionMode, Step, StepContext
 from batchctl.model import JobExecution, Status, StepExecution, utcnow
@@ -99,10 +99,18 @@ class Worker:
                     while not self.shutdown.is_set():
                         if not self._claim_and_run():
                             self._idle(wait)
+        except RepositoryOutage as exc:
+            # Unreachable past db_outage_timeout: stop claiming and exit non-zero. What this
+            # worker held is claimed again by others once its heartbeat is stale.
+            log.error("worker %s stops: %s", self.id, exc)
+            raise
         finally:
             self.shutdown.set()
             beat.join()
-            self.repository.retire_worker(self.id)
+            try:
+                self.repository.retire_worker(self.id)
+            except DatabaseUnavailable as exc:
+                log.warning("worker %s could not retire: %s", self.id, exc)
             log.info("worker %s stopped after %s partition(s)", self.id, self.partitions_run)
         return self.partitions_run
 
@@ -147,6 +155,8 @@ class Worker:
                     assert self.id is not None
                     self.repository.worker_heartbeat(self.id, current[0].id if current else None)
                     last_beat = utcnow()
+            except DatabaseUnavailable:  # an outage, logged as such: the next beat may succeed
+                pass
             except Exception:  # the next beat may succeed; the partition must go on
                 log.warning("heartbeat of worker %s failed", self.id, exc_info=True)
 
@@ -167,6 +177,8 @@ class Worker:
             self.partitions_run += 1
         except FENCED as exc:
             log.warning("partition %s was taken over; it is left as it is (%s)", partition.name, exc)
+        except RepositoryOutage:
+            raise  # this worker stops claiming (see run)
         except Exception:  # recording the outcome failed: this worker goes on with others
             log.exception("partition %s: its outcome could not be recorded", partition.name)
         finally:

@@ -69,7 +69,7 @@ def listen(batch: Any, options: ListenOptions) -> None:
         ) from None
     batch.repository  # connect (and migrate) before anything else
     stopping = threading.Event()
-    with _service(batch), _signals(stopping):
+    with _service(batch), _signals(stopping, batch):
         threads = []
         if options.events:
             threads.append(threading.Thread(
@@ -157,14 +157,17 @@ class _service:
 class _signals:
     """SIGTERM and Ctrl-C set `stopping` (the one place the listener handles signals)."""
 
-    def __init__(self, stopping: threading.Event) -> None:
+    def __init__(self, stopping: threading.Event, batch: Any = None) -> None:
         self.stopping = stopping
+        self.batch = batch  # told to stop waiting for an unreachable repository
         self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> None:
         def handler(signum: int, _frame: Any) -> None:
             log.info("%s: stopping", signal.Signals(signum).name)
             self.stopping.set()
+            if self.batch is not None:
+                self.batch.stop_waiting_for_repository()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.previous[sig] = signal.signal(sig, handler)

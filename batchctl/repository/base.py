@@ -15,10 +15,14 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Self, TypeVar
 
 from sqlalchemy import Connection, CursorResult, Engine, Table, exists, literal, select, text, update
 
-from batchctl.errors import ExecutionTakenOver, StaleExecution
+from sqlalchemy.exc import DBAPIError
+
+from batchctl.defaults import DEFAULT_DB_OUTAGE_TIMEOUT
+from batchctl.errors import ExecutionTakenOver, RepositoryInterrupted, StaleExecution
 from batchctl.model import Status, StepExecution
 from batchctl.repository.connect import (
     READ_ONLY,
+    Outage,
     create_repository_engine,
     translate_errors,
     with_retries,
@@ -106,21 +110,26 @@ def inserted_id(result: CursorResult[Any]) -> int:
 class RepositoryBase:
     """The engine, its transactions and the fence: what every query class builds on.
 
-    `_read` and `_write` run one transaction each (retried where the database asks, with driver
-    errors translated); a write of a step row goes through `_update_step`, which carries the
-    fence of a `fenced` view in the same statement.
+    `_read` and `_write` run one transaction each (retried where the database asks, and run
+    again through an outage of the repository, see connect.Outage, with driver errors
+    translated); a write of a step row goes through `_update_step`, which carries the fence of
+    a `fenced` view in the same statement.
     """
 
-    def __init__(self, engine: Engine, url: str) -> None:
+    def __init__(self, engine: Engine, url: str, *, outage: Outage | None = None) -> None:
         self.engine = engine
         self.url = url
         self.fence: Fence | None = None
+        self.outage = outage if outage is not None else Outage(url)
 
     @classmethod
-    def open(cls, url: str, *, migrate: bool = True) -> Self:
-        """Connect to the repository at `url`, creating or migrating its schema if needed."""
+    def open(
+        cls, url: str, *, migrate: bool = True, outage_timeout: float = DEFAULT_DB_OUTAGE_TIMEOUT
+    ) -> Self:
+        """Connect to the repository at `url`, creating or migrating its schema if needed.
+        `outage_timeout`: how long an outage of the repository is ridden out (connect.Outage)."""
         engine = create_repository_engine(url)
-        repository = cls(engine, url)
+        repository = cls(engine, url, outage=Outage(url, outage_timeout))
         if migrate:
             try:
                 repository._guard(lambda: ensure_schema(engine))
@@ -133,7 +142,7 @@ class RepositoryBase:
         """Close every pooled connection (the repository cannot be used after)."""
         self.engine.dispose()
 
-    def fenced(self, fence: Fence) -> Self:
+    def fenced(self, fence: Fence) -> Self:  # the view shares the engine and the outage
         """This repository (the same engine and pool) whose step writes are all conditional, in
         their own transaction, on `fence`: a write of a process that no longer owns the
         execution raises ExecutionTakenOver and commits nothing."""
@@ -170,10 +179,46 @@ class RepositoryBase:
                 yield connection
 
     def _guard(self, work: Callable[[], R]) -> R:
-        """Run `work` (one whole transaction), retrying where the database asks, with driver
-        errors translated into domain errors (translate_errors)."""
+        """Run `work` (one whole transaction), retrying where the database asks and through an
+        outage of up to db_outage_timeout, with driver errors translated into domain errors
+        (translate_errors). A write whose COMMIT was cut is run again: a versioned update then
+        finds its own change (a lost update, which `settle` answers by re-reading)."""
         with translate_errors(self.url):
-            return with_retries(work)
+            return self.outage.ride(lambda: with_retries(work))
+
+    @contextmanager
+    def _unrepeatable(self) -> Iterator[None]:
+        """Around a transaction that cannot be run again as it is (a chunk's, a tasklet's SQL):
+        a lost connection becomes RepositoryInterrupted (the outage noted), for the step to
+        redo its work from its last checkpoint; any other error is translated as usual."""
+        with translate_errors(self.url):
+            try:
+                yield
+            except DBAPIError as exc:
+                if not self.outage.applies(exc):
+                    raise
+                self.outage.started(exc)
+                raise RepositoryInterrupted(
+                    f"the connection to the job repository was lost mid-transaction: {exc.orig}"
+                ) from exc
+
+    def await_reachable(self, *, patient: bool = False) -> bool:
+        """Read: wait until the repository answers (RepositoryOutage once the outage has lasted
+        db_outage_timeout, unless `patient`); whether it had to wait."""
+        waited = False
+
+        def probe() -> None:
+            nonlocal waited
+            try:
+                with self.engine.connect() as connection:
+                    connection.execute(select(literal(1)))
+            except DBAPIError:
+                waited = True
+                raise
+
+        with translate_errors(self.url):
+            self.outage.ride(probe, patient=patient)
+        return waited
 
     def _read(self, query: Callable[[Connection], R]) -> R:
         """Run `query(connection)` in a read transaction."""

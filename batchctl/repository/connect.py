@@ -7,9 +7,11 @@ is locked". A read transaction is a plain deferred `BEGIN`.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
@@ -25,7 +27,20 @@ from sqlalchemy.exc import (
 )
 
 from batchctl.config import mask_url
-from batchctl.errors import AlreadyRunning, ConfigError, DatabaseUnavailable, RepositoryLocked
+from batchctl.defaults import (
+    DEFAULT_DB_OUTAGE_TIMEOUT,
+    OUTAGE_BACKOFF,
+    OUTAGE_BACKOFF_MAX,
+    OUTAGE_SLICE,
+)
+from batchctl.errors import (
+    AlreadyRunning,
+    ConfigError,
+    DatabaseUnavailable,
+    RepositoryInterrupted,
+    RepositoryLocked,
+    RepositoryOutage,
+)
 from batchctl.repository.tables import LIVE_INDEX, job_execution
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # how long a SQLite writer waits for the lock before failing
@@ -40,6 +55,25 @@ INVALID_SCHEMA_NAME = "3F000"  # Postgres: no schema of the search path exists t
 SQLITE_FILE_MODE = 0o600  # a new SQLite repository: readable by its owner only (it holds params)
 
 T = TypeVar("T")
+
+log = logging.getLogger("batchctl.repository")
+
+# Postgres SQLSTATEs of a server going away or not yet back: class 08 (connection exception),
+# admin_shutdown, crash_shutdown, cannot_connect_now ("the database system is starting up").
+_OUTAGE_SQLSTATES = ("57P01", "57P02", "57P03")
+_OUTAGE_PHRASES = (
+    "connection",
+    "could not connect",
+    "server closed",
+    "timeout expired",
+    "eof detected",
+    "consuming input failed",
+    "could not receive",
+    "could not send",
+    "terminating connection",
+    "the database system is",
+    "no route to host",
+)
 
 
 def create_repository_engine(url: str, *, pool_size: int | None = None) -> Engine:
@@ -221,6 +255,147 @@ def is_unreachable(exc: BaseException) -> bool:
             "could not translate host name",
         )
     )
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when a Postgres connection was lost or could not be made, as in a restart or a
+    fail-over of the server: what `Outage` rides out. Never for SQLite (a local file has no
+    outage: its errors, locked or read-only, are answered as they are), never for a refused
+    password or a missing database (a wrong configuration does not heal by waiting), never
+    for a read-only server."""
+    if not isinstance(exc, DBAPIError) or is_read_only(exc):
+        return False
+    orig = exc.orig
+    if not type(orig).__module__.startswith("psycopg"):
+        return False
+    if getattr(exc, "connection_invalidated", False):
+        return True
+    sqlstate = getattr(orig, "sqlstate", None) or ""
+    if sqlstate.startswith("08") or sqlstate in _OUTAGE_SQLSTATES:
+        return True
+    if sqlstate:  # any other answer of the server: it is there
+        return False
+    message = str(orig).lower()
+    if "authentication failed" in message or "does not exist" in message:
+        return False
+    return any(phrase in message for phrase in _OUTAGE_PHRASES)
+
+
+class Outage:
+    """How this process rides out a repository that stopped answering (a Postgres restart or
+    fail-over), shared by every thread and every view of one repository.
+
+    `ride(work)` runs `work` (one whole transaction) and, when it fails because the connection
+    was lost or refused (`is_outage`), runs it again after a capped exponential backoff
+    (OUTAGE_BACKOFF doubled up to OUTAGE_BACKOFF_MAX), until it succeeds or the outage has
+    lasted `timeout` seconds: then RepositoryOutage, and every later call fails at once until
+    the repository answers again. Only once the repository has answered in this process: an
+    unreachable database at start-up is a configuration error, reported at once (exit 5).
+
+    The first failure logs "repository unreachable, retrying" once for the whole process; the
+    first success after it logs "repository reachable again after N s".
+    """
+
+    def __init__(self, url: str, timeout: float = DEFAULT_DB_OUTAGE_TIMEOUT) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.reached = False  # the repository answered at least once in this process
+        self._since: float | None = None  # monotonic time the current outage was first seen
+        self._lock = threading.Lock()
+        self._cancelled = False  # the process is stopping: give up at once (see cancel)
+
+    def applies(self, exc: BaseException) -> bool:
+        """Whether `exc` is an outage this process rides out."""
+        return self.reached and is_outage(exc)
+
+    def interrupted(self, exc: BaseException | None) -> bool:
+        """Whether `exc` (or what it was raised from) is a lost connection to the repository:
+        a RepositoryInterrupted, or an outage error a step's own SQL met."""
+        while exc is not None:
+            if isinstance(exc, RepositoryInterrupted):
+                return True
+            if isinstance(exc, DBAPIError):
+                return self.applies(exc)
+            exc = exc.__cause__
+        return False
+
+    @property
+    def down(self) -> bool:
+        return self._since is not None
+
+    def started(self, exc: BaseException) -> float:
+        """Note that the repository is unreachable (logged once); when the outage began."""
+        with self._lock:
+            if self._since is None:
+                self._since = time.monotonic()
+                log.warning(
+                    "repository unreachable, retrying for up to %g s: %s",
+                    self.timeout, _first_line(exc),
+                )
+            return self._since
+
+    def ended(self) -> None:
+        """The repository answered: end the outage, if there was one (logged once)."""
+        if self._since is None:
+            return
+        with self._lock:
+            since, self._since = self._since, None
+        if since is not None:
+            log.warning("repository reachable again after %.1f s", time.monotonic() - since)
+
+    def cancel(self) -> None:
+        """The process is stopping (SIGTERM, Ctrl-C of a service or worker): from now on an
+        outage is not ridden out, and a ride waiting for the repository gives up within
+        OUTAGE_SLICE. Safe in a signal handler (it only sets a flag)."""
+        self._cancelled = True
+
+    def gave_up(self, exc: BaseException) -> RepositoryOutage:
+        if self._cancelled:
+            return RepositoryOutage(
+                f"the job repository {mask_url(self.url)} is unreachable and this process is "
+                f"stopping: {_first_line(exc)}"
+            )
+        return RepositoryOutage(
+            f"the job repository {mask_url(self.url)} was unreachable for longer than "
+            f"db_outage_timeout ({self.timeout:g} s): {_first_line(exc)}"
+        )
+
+    def ride(self, work: Callable[[], T], *, patient: bool = False) -> T:
+        """Run `work` until it succeeds, riding out an outage of up to `timeout` seconds
+        (RepositoryOutage after that); `patient`: however long it lasts."""
+        delay = OUTAGE_BACKOFF
+        while True:
+            try:
+                result = work()
+            except DBAPIError as exc:
+                if not self.applies(exc):
+                    raise
+                since = self.started(exc)
+                left = since + self.timeout - time.monotonic()
+                if (left <= 0 or self._cancelled) and not patient:
+                    raise self.gave_up(exc) from exc
+                self._pause(delay if patient else min(delay, left), patient)
+                delay = min(delay * 2, OUTAGE_BACKOFF_MAX)
+                continue
+            self.reached = True
+            if self._since is not None:
+                self.ended()
+            return result
+
+
+    def _pause(self, seconds: float, patient: bool) -> None:
+        """Sleep `seconds`, in slices, so that `cancel()` is seen within OUTAGE_SLICE."""
+        end = time.monotonic() + seconds
+        while True:
+            left = end - time.monotonic()
+            if left <= 0 or (self._cancelled and not patient):
+                return
+            time.sleep(min(left, OUTAGE_SLICE))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def is_read_only(exc: BaseException) -> bool:

@@ -8,6 +8,7 @@ heartbeating is claimed again and resumes from its checkpoint.
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterator, Sequence
 
 from sqlalchemy import Connection, and_, func, or_, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from batchctl.errors import UnknownExecution
 from batchctl.model import Status, StepExecution, utcnow
@@ -22,6 +24,8 @@ from batchctl.repository.base import RepositoryBase, inserted_id, settle
 from batchctl.repository.events import record_step_event, record_step_events
 from batchctl.repository.rows import column_values, ending, from_row, step_execution_from_row
 from batchctl.repository.tables import job_execution, step_execution, worker
+
+log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "batchctl_partitions"
 
@@ -351,22 +355,46 @@ class PartitionQueries(RepositoryBase):
 
             yield sleep
             return
-        raw = self.engine.raw_connection()
-        try:
+        import psycopg
+
+        held: list[Any] = []  # the LISTENing connection, once made
+
+        def listen() -> Any:
+            raw = self.engine.raw_connection()
+            held.append(raw)
             driver = raw.driver_connection
             assert driver is not None  # a raw connection checked out of the pool is open
             driver.autocommit = True
             driver.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            return driver
 
-            def wait(timeout: float) -> bool:
+        def drop() -> None:
+            while held:
+                raw = held.pop()
+                raw.invalidate()  # a LISTENing connection must not go back to the pool
+                raw.close()
+
+        def wait(timeout: float) -> bool:
+            # A lost connection (a repository outage) is answered with True: the claim that
+            # follows rides the outage out (RepositoryOutage past db_outage_timeout), and the
+            # next wait listens on a new connection. A notification may have been missed.
+            try:
+                driver = held[0].driver_connection if held else listen()
                 for _ in driver.notifies(timeout=timeout, stop_after=1):
                     return True
                 return False
+            except (DBAPIError, psycopg.Error) as exc:
+                listening = bool(held)
+                drop()
+                if not listening:
+                    time.sleep(timeout)  # no connection to wait on: wait as SQLite does
+                log.info("the worker's LISTEN connection was lost: %s", exc)
+                return True
 
+        try:
             yield wait
         finally:
-            raw.invalidate()  # a LISTENing connection must not go back to the pool
-            raw.close()
+            drop()
 
 
 def _stale_workers(stale_before: datetime) -> Any:

@@ -38,7 +38,6 @@ from batchctl.repository.events import (
     record_step_event,
     record_step_events,
 )
-from batchctl.repository.connect import translate_errors
 from batchctl.repository.fires import FireQueries
 from batchctl.repository.partitions import PartitionQueries
 from batchctl.repository.prune import PruneQueries
@@ -490,7 +489,7 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
         if repeatable:
             self._guard(run)
         else:
-            with translate_errors(self.url):
+            with self._unrepeatable():
                 run()
         return replace(step, **committed, version=step.version + 1)
 
@@ -530,9 +529,29 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
             return updated
 
         if holds_work:
-            with translate_errors(self.url):
+            with self._unrepeatable():
                 return run()
         return self._guard(run)
+
+    def step_committed(self, step: StepExecution) -> bool:
+        """Read, once the repository answers (riding out the outage): whether the write of
+        `step` at `step.version` whose COMMIT failed was committed, as its version says: True
+        at the next version, False still at this one. Raises ExecutionTakenOver when the
+        execution was taken over meanwhile, StaleExecution when the row changed otherwise."""
+
+        def query(connection: Connection) -> bool:
+            version = connection.execute(
+                select(step_execution.c.version).where(step_execution.c.id == step.id)
+            ).scalar()
+            if self.fence is not None:
+                self._refuse_if_fenced_off(connection)
+            if version == step.version + 1:
+                return True
+            if version == step.version:
+                return False
+            raise StaleExecution(f"step execution {step.id} was changed by another process")
+
+        return self._read(query)
 
     def step_connection(self) -> Connection:
         """A connection for a step to hold while it runs: a chunk step's for `commit_chunk`

@@ -138,28 +138,58 @@ def test_write_retry_then_scan_with_a_file_writer_writes_each_item_once(batch, w
     assert out.read_text().split() == [f'{{"n":{n}}}' for n in range(9) if n != 4]
 
 
-def test_a_failed_commit_ends_unknown_and_the_instance_waits_for_a_person(batch, write_job):
-    write_job("unsure", '''
-        import sqlalchemy
-        from sqlalchemy import event
-        from batchctl import Job
+FAILED_COMMIT_JOB = '''
+    import sqlalchemy
+    from sqlalchemy import event
+    from batchctl import Job
 
-        job = Job("unsure")
+    job = Job("unsure")
 
-        @job.after_chunk
-        def arm(ctx, step):
-            if step.commit_count == 2:
-                def fail(connection):
+    @job.after_chunk
+    def arm(ctx, step):
+        if ctx.state["batchctl"]["position"] == 10:  # after the second chunk of the first run
+            commits = []
+
+            def fail(connection):  # the chunk's commit: after the fence's read, if any
+                commits.append(connection)
+                if len(commits) == FAIL_AT:
                     event.remove(ctx.database, "commit", fail)
+                    connection.connection.driver_connection.rollback()  # it never committed
                     raise sqlalchemy.exc.OperationalError("COMMIT", None, Exception("connection lost"))
-                event.listen(ctx.database, "commit", fail)
+            event.listen(ctx.database, "commit", fail)
 
-        job.chunk_step("copy", reader=lambda ctx: range(30), writer=lambda items, ctx: None, size=5)
-    ''')
+    class Outside:
+        """A writer outside the repository's transaction."""
+        transactional = False
+
+        def write(self, items):
+            pass
+
+    job.chunk_step("copy", reader=lambda ctx: range(30), writer=WRITER, size=5)
+'''
+
+
+def test_a_failed_commit_of_a_writer_outside_the_transaction_ends_unknown(batch, write_job):
+    write_job("unsure", FAILED_COMMIT_JOB.replace("WRITER", "Outside()").replace("FAIL_AT", "2"))
     execution = batch.start("unsure", {})
-    assert execution.status == Status.UNKNOWN
+    assert execution.status == Status.UNKNOWN, execution.exit_message
     assert "may or may not have been committed" in execution.exit_message
     [step] = batch.step_executions(execution.id)
     assert step.status == Status.UNKNOWN and step.commit_count == 2
     with pytest.raises(Refused, match="abandon"):
         batch.start("unsure", {})
+
+
+def test_a_failed_commit_of_a_transactional_writer_is_settled_by_the_step_row(batch, write_job):
+    """The chunk's writes commit with its checkpoint: the step row's version says the chunk did
+    not commit (the COMMIT failed before reaching the database), so the step is FAILED, not
+    UNKNOWN, and restarts from its last checkpoint."""
+    write_job("unsure", FAILED_COMMIT_JOB.replace("WRITER", "lambda items, ctx: None").replace("FAIL_AT", "1"))
+    execution = batch.start("unsure", {})
+    assert execution.status == Status.FAILED, execution.exit_message
+    assert "connection lost" in execution.exit_message
+    [step] = batch.step_executions(execution.id)
+    assert step.status == Status.FAILED and step.commit_count == 2
+    restarted = batch.restart(execution.id)
+    assert restarted.status == Status.COMPLETED
+    assert sum(s.write_count for s in batch.step_executions(restarted.id)) + 10 == 30

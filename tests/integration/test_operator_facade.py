@@ -27,6 +27,8 @@ PUBLIC = {
     "resume_schedule", "trigger_schedule", "fire", "skip_fire", "launch_pending_fires",
     "register_service", "service_heartbeat", "retire_service",
     "stats",
+    # services told to stop during a repository outage (issue 14)
+    "stop_waiting_for_repository",
 }
 
 

@@ -74,6 +74,9 @@ class FakeBatch:
         assert kind == "scheduler"
         return 1
 
+    def stop_waiting_for_repository(self) -> None:
+        pass
+
     def service_heartbeat(self, service_id: int) -> None:
         self.beats += 1
 
