@@ -126,6 +126,8 @@ def child_env(config: Config) -> dict[str, str]:
         BATCHCTL_HEARTBEAT_TIMEOUT=str(config.heartbeat_timeout),
         BATCHCTL_PROJECT_DIR=str(config.project_dir),
     )
+    if config.dask_scheduler:
+        env["BATCHCTL_DASK_SCHEDULER"] = config.dask_scheduler
     return env
 
 
