@@ -11,8 +11,9 @@ The job's side, `run_on_dask` (entered through executors.DaskExecutor), connects
 (the configured scheduler, or a LocalCluster of the step's `workers` processes), submits one task
 per partition, and supervises while the step waits: it retires the batchctl workers of Dask
 workers that left the cluster (their partitions become claimable at once), submits a new
-attempt, under a new key, for a partition whose worker died, and fails, with one line, what Dask
-gave up on (KilledWorker) or can no longer run (the scheduler lost). The worker's side,
+attempt, under a new key, for a partition whose worker died or that Dask gave up on
+(KilledWorker), and fails, with one line, a partition whose attempts keep dying, whose task
+raised, or that can no longer run (the scheduler lost). The worker's side,
 `run_partition_task`, runs inside a Dask worker process.
 
 Only this module imports dask and distributed, and only when a dask step runs.
@@ -94,16 +95,17 @@ def run_partition_task(task: PartitionTask) -> TaskOutcome:
     dask_worker = get_worker()
     repository, registry = _resources(task.config, dask_worker.state.nthreads, task.job_name)
     _refuse_foreign_sqlite(repository, task)
+    state: ClaimState = "claimable"  # the common case: claim at once, look only if that fails
     while True:
-        state = _claim_state(repository, task)
-        if state == "ended":
-            return TaskOutcome(task.partition_name, dask_worker.address, ran=False, status=None)
         if state == "claimable":
             worker = _worker(repository, registry, task, dask_worker.address)
             if worker.run():
                 ended = repository.step_execution(task.partition_id)
                 return TaskOutcome(task.partition_name, dask_worker.address, ran=True,
                                    status=ended.status.value)
+        state = _claim_state(repository, task)
+        if state == "ended":
+            return TaskOutcome(task.partition_name, dask_worker.address, ran=False, status=None)
         time.sleep(DASK_CLAIM_POLL)
 
 
@@ -214,6 +216,7 @@ class DaskCluster:
     def connect(cls, work: PartitionWork) -> DaskCluster:
         from distributed import Client
 
+        _quiet_dask_logs()
         address = work.config.dask_scheduler
         if address is None:
             return cls._local(work)
@@ -356,8 +359,14 @@ class DaskPartitions:
             self.futures.pop(partition.id, None)
             return
         if future.status == "error":
-            self.futures.pop(partition.id, None)
-            fail_waiting(self.repository, [current], _task_failure(partition, future))
+            killed = _killed_worker(future)
+            if killed is None:  # the task itself raised: running it again would raise again
+                self.futures.pop(partition.id, None)
+                fail_waiting(self.repository, [current], _task_failure(future))
+                return
+            # Dask counts a death against every task the dead worker held, queued ones too: a
+            # partition that only waited beside a crashing one gets new attempts like any other.
+            self._again(current, f"Dask gave up on its task (KilledWorker: {killed})")
             return
         self._again(current, "its Dask task ended before it did")
 
@@ -369,7 +378,7 @@ class DaskPartitions:
         if self.attempts.get(partition.id, 0) > DASK_RESUBMITS:
             self.futures.pop(partition.id, None)
             fail_waiting(self.repository, [partition],
-                         f"{why}, after {self.attempts[partition.id]} Dask tasks; gave up")
+                         f"{why}; gave up after {self.attempts[partition.id]} Dask tasks")
             return
         log.warning("partition %s: %s; submitting it again", partition.name, why)
         self._submit(partition)
@@ -386,14 +395,25 @@ class DaskPartitions:
                 log.debug("cancelling the Dask tasks failed", exc_info=True)
 
 
-def _task_failure(partition: StepExecution, future: Future) -> str:
-    """One line for a task that failed: Dask gave up on it (KilledWorker), or it raised."""
+def _quiet_dask_logs() -> None:
+    """Dask logs its progress to stderr at INFO, and a lost scheduler as tracebacks of its
+    client's reconnection: batchctl says what matters in its own lines (one per lost or
+    unreachable scheduler), so the job's output stays the job's."""
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
+
+
+def _killed_worker(future: Future) -> str | None:
+    """The first line of the task's KilledWorker (its workers kept dying), or None."""
     from distributed import KilledWorker
 
     error = future.exception()
-    if isinstance(error, KilledWorker):
-        return (f"Dask gave up on its task: the workers that ran it kept dying "
-                f"(KilledWorker: {_first_line(error)})")
+    return _first_line(error) if isinstance(error, KilledWorker) else None
+
+
+def _task_failure(future: Future) -> str:
+    """One line for a task that raised."""
+    error = future.exception()
     return f"its Dask task failed: {type(error).__name__}: {_first_line(error)}"
 
 

@@ -97,7 +97,8 @@ class Worker:
         try:
             if self.exit_when_idle:  # never waits: no LISTEN connection held for nothing
                 while not self.shutdown.is_set() and self._claim_and_run():
-                    pass
+                    if self.claims.partition_id is not None:
+                        break  # its one partition has been run: no claim left to try
             else:
                 with self.repository.partition_notifications() as wait:
                     while not self.shutdown.is_set():

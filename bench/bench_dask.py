@@ -14,9 +14,9 @@ The CPU job is bench_partitions.py's: a chunk step over 0..N in 8 key ranges who
 spins a pure-Python recurrence (about a millisecond per item). Target: 2 Dask workers at least
 1.8x faster than 1, beside the same ratio for local processes.
 
-The overhead: 32 partitions of one item each on one Dask worker (so that they run one after
-another), against 32 `Client.submit` calls of the same processor on the same worker, gathered.
-The difference over 32 is what batchctl adds to a partition: the claim, the worker's
+The overhead: 64 partitions of one item each on one Dask worker (so that they run one after
+another), against 64 `Client.submit` calls of the same processor on the same worker, gathered.
+The difference over 64 is what batchctl adds to a partition: the claim, the worker's
 registration and heartbeat thread, the job's lookup, the chunk's checkpoint, the end of the
 partition, and the step's polling for its end. Target: at most 50 ms.
 """
@@ -43,7 +43,7 @@ CPU_ROUNDS = 10_000  # iterations of the recurrence per item (about 1 ms of CPU)
 CPU_CHUNK = 50
 CPU_SPEEDUP = 1.8  # 2 Dask workers at least this much faster than 1
 CPU_RUNS, CPU_QUICK_RUNS = 2, 1  # runs per side (the best is reported)
-TINY_PARTITIONS = 32
+TINY_PARTITIONS = 64
 OVERHEAD_TARGET = 0.050  # seconds batchctl may add to a partition over a bare Client.submit
 OVERHEAD_RUNS, OVERHEAD_QUICK_RUNS = 3, 1
 CLUSTER_DEADLINE = 60.0  # seconds a cluster may take to start
@@ -90,9 +90,10 @@ for mode, workers in (("process", 1), ("process", 2), ("dask", 1)):
 class Cluster:
     """`dask scheduler` and `workers` `dask worker` processes on 127.0.0.1 (one thread each)."""
 
-    def __init__(self, folder: Path, workers: int) -> None:
+    def __init__(self, folder: Path, workers: int, jobs_dir: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
+        self.env = {**os.environ, "PYTHONPATH": str(jobs_dir)}  # the bare baseline's function
         self.processes: list[subprocess.Popen[bytes]] = []
         scheduler_file = folder / "scheduler.json"
         self._start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
@@ -108,7 +109,7 @@ class Cluster:
         with (self.folder / f"{role}-{len(self.processes)}.log").open("wb") as log:
             self.processes.append(subprocess.Popen(
                 [PYTHON, "-m", "dask", role, *args], stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                stdin=subprocess.DEVNULL, start_new_session=True, env=self.env,
             ))
 
     def _registered(self) -> int:
@@ -162,14 +163,10 @@ def run_batchctl(url: str, jobs_dir: str, scheduler: str, job: str, items: int,
 def run_bare(scheduler: str, jobs_dir: str, partitions: int) -> dict[str, Any]:
     """The baseline: the same processor over one item per partition, one Client.submit each
     (pure=False, retries=0, a key per call), gathered."""
-    import cloudpickle
     from distributed import Client
 
-    sys.path.insert(0, jobs_dir)
-    import bench_dask_jobs  # type: ignore[import-not-found]
-
-    cloudpickle.register_pickle_by_value(bench_dask_jobs)  # the workers do not have the folder
-    burn = bench_dask_jobs.burn
+    sys.path.insert(0, jobs_dir)  # the cluster's processes have it on PYTHONPATH too
+    from bench_dask_jobs import burn  # type: ignore[import-not-found]
 
     with Client(scheduler, set_as_default=False) as client:
         client.submit(burn, -1, pure=False).result()  # the function shipped once, as batchctl's is
@@ -230,7 +227,7 @@ def dask_partitions(ctx: Context) -> Iterator[Row]:
         url = ctx.repository_url(database, "dask")
         seconds: dict[str, list[float]] = {}
         for workers in (1, 2):
-            cluster = Cluster(ctx.path(f"cluster-{database}-{workers}"), workers)
+            cluster = Cluster(ctx.path(f"cluster-{database}-{workers}"), workers, _jobs_dir(ctx))
             try:
                 _run_job(ctx, url, cluster.address, "cpu_dask_1", items // 10)  # warm the workers
                 for _ in range(runs):
@@ -261,8 +258,8 @@ def dask_partitions(ctx: Context) -> Iterator[Row]:
 
 
 def _overhead(ctx: Context, database: str, url: str, cluster: Cluster) -> Iterator[Row]:
-    """Per partition, on the one-worker cluster: batchctl's run of 32 one-item partitions
-    minus 32 bare Client.submit calls of the same processor, over 32."""
+    """Per partition, on the one-worker cluster: batchctl's run of 64 one-item partitions
+    minus 64 bare Client.submit calls of the same processor, over 64."""
     runs = OVERHEAD_QUICK_RUNS if ctx.quick else OVERHEAD_RUNS
     mine, bare = [], []
     for _ in range(runs):

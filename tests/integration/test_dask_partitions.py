@@ -150,9 +150,14 @@ def dask_batch(dask_config: Config) -> Iterator[Batch]:
 
 
 @pytest.fixture
-def in_thread() -> Iterator[Callable[..., Any]]:
+def in_thread(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """in_thread(fn, *args): a future of fn run in a thread; at the end of the test the gate
+    opens (a test that failed must not leave its job held forever) and the thread is joined."""
     with ThreadPoolExecutor(max_workers=1) as pool:
-        yield pool.submit
+        try:
+            yield pool.submit
+        finally:
+            (tmp_path / "gate").touch()
 
 
 @pytest.fixture
