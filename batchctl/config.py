@@ -24,6 +24,7 @@ from batchctl.defaults import (
     DEFAULT_JOBS_DIR,
     DEFAULT_LOG_DIR,
     ENV_CONFIG,
+    ENV_DASK_SCHEDULER,
     ENV_DATABASE_URL,
     ENV_DB_OUTAGE_TIMEOUT,
     ENV_HEARTBEAT_INTERVAL,
@@ -42,6 +43,7 @@ _ENV_NAMES = {
     "heartbeat_interval": ENV_HEARTBEAT_INTERVAL,
     "heartbeat_timeout": ENV_HEARTBEAT_TIMEOUT,
     "db_outage_timeout": ENV_DB_OUTAGE_TIMEOUT,
+    "dask_scheduler": ENV_DASK_SCHEDULER,
 }
 _PATH_KEYS = ("jobs_dir", "log_dir")
 _NUMBER_KEYS = ("heartbeat_interval", "heartbeat_timeout", "db_outage_timeout")
@@ -67,6 +69,9 @@ class Config:
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
     db_outage_timeout: float = DEFAULT_DB_OUTAGE_TIMEOUT  # seconds an unreachable repository is ridden out
+    # The Dask scheduler that runs mode="dask" partitions (`tcp://host:8786`); None: a
+    # LocalCluster of the step's `workers` processes, started for the step.
+    dask_scheduler: str | None = None
     source: Path | None = None
     project_dir: Path = field(default_factory=Path.cwd)
     schedules: Mapping[str, Any] = field(default_factory=dict, hash=False)  # raw tables

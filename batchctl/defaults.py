@@ -34,6 +34,7 @@ ENV_HEARTBEAT_INTERVAL = "BATCHCTL_HEARTBEAT_INTERVAL"
 ENV_HEARTBEAT_TIMEOUT = "BATCHCTL_HEARTBEAT_TIMEOUT"
 ENV_DB_OUTAGE_TIMEOUT = "BATCHCTL_DB_OUTAGE_TIMEOUT"
 ENV_PROJECT_DIR = "BATCHCTL_PROJECT_DIR"  # what relative paths in items are relative to
+ENV_DASK_SCHEDULER = "BATCHCTL_DASK_SCHEDULER"  # the Dask scheduler of mode="dask" partitions
 
 # -- processes batchctl starts --------------------------------------------------------------------------
 
@@ -85,6 +86,10 @@ PARTITION_POLL_INTERVAL = 0.2  # seconds between two looks at the partitions' st
 LOCAL_WORKER_RESPAWNS = 2  # extra local worker processes started, per worker, after crashes
 REMOTE_WAIT_LOG_INTERVAL = 30.0  # seconds between two "waiting for workers" log lines
 THREAD_CONNECTIONS = 3  # connections a worker thread may use at once: its chunk's, a read, a heartbeat
+DASK_CONNECT_TIMEOUT = 10.0  # seconds to reach a configured Dask scheduler before the step fails
+DASK_RESUBMITS = 3  # new Dask tasks per partition after its worker died, before it is failed
+DASK_LIVENESS_INTERVAL = 1.0  # seconds between two looks at which Dask workers are still there
+DASK_CLAIM_POLL = 0.5  # seconds a Dask task waits between two looks at a partition held by another
 WORKER_POLL_INTERVAL = 2.0  # seconds an idle worker waits for new partitions (LISTEN wakes it sooner)
 IDLE_SLICE = 0.25  # seconds an idle worker waits at a time, so that it sees a shutdown request
 

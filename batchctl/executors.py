@@ -3,7 +3,8 @@
 Whatever runs them, partitions are rows in the repository that a worker claims, checkpoints and
 ends (batchctl.worker): the claim, the heartbeats, the checkpoints and the fencing live there.
 An executor only starts what will claim them (threads of this process, local worker processes,
-or nothing: remote `batchctl worker` processes claim on their own), supervises it while the
+a Dask task per partition, or nothing: remote `batchctl worker` processes claim on their
+own), supervises it while the
 step waits, and shuts it down. A new place to run partitions is one class and one EXECUTORS
 entry.
 """
@@ -192,10 +193,24 @@ class ProcessExecutor:
                 process.wait()
 
 
+class DaskExecutor:
+    """One Dask task per partition on the configured Dask scheduler, or on a LocalCluster of
+    `workers` processes (batchctl.dask_executor, imported only when a dask step runs)."""
+
+    def __init__(self, work: PartitionWork) -> None:
+        self.work = work
+
+    def run(self) -> Any:
+        from batchctl.dask_executor import run_on_dask
+
+        return run_on_dask(self.work)
+
+
 EXECUTORS: dict[PartitionMode, type[PartitionExecutor]] = {
     PartitionMode.PROCESS: ProcessExecutor,
     PartitionMode.THREAD: ThreadExecutor,
     PartitionMode.REMOTE: RemoteExecutor,
+    PartitionMode.DASK: DaskExecutor,
 }
 
 

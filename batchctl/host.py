@@ -23,6 +23,21 @@ def host_name() -> str:
     return socket.gethostname()
 
 
+def is_loopback_address(address: str) -> bool:
+    """True when `address` (`tcp://127.0.0.1:8786`, `localhost:8786`, `tcp://[::1]:8786`)
+    names this machine's loopback interface, so whatever listens there runs on this machine."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(address if "://" in address else f"tcp://{address}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @functools.cache
 def pid_scope() -> str:
     """The boot and the pid namespace this process lives in, e.g. `3f2a…/pid:[4026531836]`;

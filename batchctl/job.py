@@ -54,6 +54,7 @@ class PartitionMode(str, enum.Enum):
     PROCESS = "process"  # local worker processes: CPU-bound work uses every core
     THREAD = "thread"  # threads of the job's process: I/O-bound work
     REMOTE = "remote"  # `batchctl worker` processes on any machine sharing a Postgres repository
+    DASK = "dask"  # one Dask task per partition, on a Dask cluster (or a local one)
 
 
 PARTITION_MODES = tuple(mode.value for mode in PartitionMode)
@@ -115,7 +116,8 @@ class PartitionSettings:
     which the partition's reader and writer see as `ctx.partition`. `mode` "process" runs them
     in `workers` local processes (CPU-bound work uses every core), "thread" in `workers` threads
     of the job's process (I/O-bound work), "remote" in `batchctl worker` processes on any
-    machine sharing the Postgres repository. `after_partitions(ctx, partitions)` combines the
+    machine sharing the Postgres repository, "dask" as one Dask task each on the configured
+    Dask scheduler (or on a local cluster of `workers` processes). `after_partitions(ctx, partitions)` combines the
     results once all completed, given every partition's step execution in partition order.
     """
 

@@ -148,6 +148,8 @@ def child_env(config: Config) -> dict[str, str]:
         BATCHCTL_DB_OUTAGE_TIMEOUT=str(config.db_outage_timeout),
         BATCHCTL_PROJECT_DIR=str(config.project_dir),
     )
+    if config.dask_scheduler:
+        env["BATCHCTL_DASK_SCHEDULER"] = config.dask_scheduler
     return env
 
 

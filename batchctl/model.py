@@ -249,9 +249,9 @@ class StepExecution:
     partition_of: str | None = None  # for a partition: the partitioned step's name
     partition_index: int | None = None
     partition: dict[str, Any] | None = None  # the partition's context, from the partitioner
-    mode: str | None = None  # how partitions run: "process", "thread" or "remote"
+    mode: str | None = None  # how partitions run: "process", "thread", "remote" or "dask"
     worker_id: int | None = None
-    host: str | None = None
+    host: str | None = None  # the worker's host (for mode "dask": the Dask worker's address)
     pid: int | None = None
 
     @property

@@ -898,6 +898,30 @@ class Batch(ScheduleOperations):
     def _check_partition_modes(self, job: Job) -> None:
         if any(s.partitions is not None and s.partitions.mode == "remote" for s in job.steps):
             self._require_remote_partitions(job)
+        if any(s.partitions is not None and s.partitions.mode == "dask" for s in job.steps):
+            self._check_dask_repository(job)
+
+    def _check_dask_repository(self, job: Job) -> None:
+        """Dask workers share a SQLite repository only on its own machine: with the local
+        cluster, or a scheduler on a loopback address (a file's locks are not to be trusted
+        over a network file system, and a worker elsewhere would open a file of its own)."""
+        from batchctl.host import is_loopback_address
+
+        if self.repository.dialect != "sqlite":
+            return
+        database = self.repository.engine.url.database
+        if database in (None, "", ":memory:"):
+            raise UsageError(
+                f"job {job.name} has dask partitioned steps, which cannot share an in-memory "
+                "SQLite repository: use a SQLite file or Postgres"
+            )
+        scheduler = self.config.dask_scheduler
+        if scheduler is not None and not is_loopback_address(scheduler):
+            raise UsageError(
+                f"job {job.name} has dask partitioned steps, and a SQLite repository is shared "
+                f"only with Dask workers on this machine (the scheduler is {scheduler}): use a "
+                "Postgres repository, or a scheduler on 127.0.0.1, or no dask_scheduler"
+            )
 
     def _require_remote_partitions(self, job: Job | None = None) -> None:
         """Remote workers share partitions through Postgres; SQLite cannot serve other machines."""

@@ -41,6 +41,7 @@ class ClaimFilter:
     step_name: str | None = None
     job_names: Sequence[str] | None = None
     mode: PartitionMode | None = None
+    partition_id: int | None = None  # one partition only (a Dask task is one partition)
 
 
 class Worker:
@@ -59,6 +60,7 @@ class Worker:
         exit_when_idle: bool = False,
         poll_interval: float = WORKER_POLL_INTERVAL,
         project_dir: Path | None = None,
+        host: str | None = None,
     ) -> None:
         self.repository = repository
         self.resolve_job = resolve_job
@@ -70,7 +72,9 @@ class Worker:
         self.poll_interval = poll_interval
         self.project_dir = project_dir  # what the partitions' relative paths are relative to
         self.shutdown = threading.Event()
-        self.host = host_name()
+        # What names this worker in `show` and `workers`: its machine, or where it is known
+        # better by another name (a Dask worker's address), that name.
+        self.host = host or host_name()
         self.pid = os.getpid()
         self.id: int | None = None
         self.partitions_run = 0
@@ -93,7 +97,8 @@ class Worker:
         try:
             if self.exit_when_idle:  # never waits: no LISTEN connection held for nothing
                 while not self.shutdown.is_set() and self._claim_and_run():
-                    pass
+                    if self.claims.partition_id is not None:
+                        break  # its one partition has been run: no claim left to try
             else:
                 with self.repository.partition_notifications() as wait:
                     while not self.shutdown.is_set():
@@ -142,6 +147,7 @@ class Worker:
             step_name=self.claims.step_name,
             job_names=self.claims.job_names,
             mode=None if self.claims.mode is None else PartitionMode(self.claims.mode).value,
+            partition_id=self.claims.partition_id,
         )
 
     def _heartbeat(self) -> None:
@@ -297,7 +303,7 @@ def _own_item(step_name: str, role: str, item: Any, mode: str | None) -> Any:
     try:
         return copy.deepcopy(item)
     except Exception as exc:
-        if mode == PartitionMode.THREAD:
+        if mode in (PartitionMode.THREAD, PartitionMode.DASK):  # a Dask worker may have threads
             raise JobDefinitionError(
                 f"step {step_name}: partitions in threads each need a copy of the {role}, and "
                 f"{type(item).__name__} cannot be copied ({type(exc).__name__}: {exc}); "

@@ -195,6 +195,7 @@ class PartitionQueries(RepositoryBase):
         step_name: str | None = None,
         job_names: Sequence[str] | None = None,
         mode: str | None = None,
+        partition_id: int | None = None,
     ) -> StepExecution | None:
         """Claim: the oldest partition that is waiting, or whose worker stopped heartbeating
         before `stale_before`, of a job execution still running; None when there is none."""
@@ -228,6 +229,8 @@ class PartitionQueries(RepositoryBase):
             query = query.where(job_execution.c.job_name.in_(list(job_names)))
         if mode is not None:
             query = query.where(step_execution.c.mode == mode)
+        if partition_id is not None:
+            query = query.where(step_execution.c.id == partition_id)
         if self.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True, of=step_execution)
 
