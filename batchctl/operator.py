@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -293,6 +294,10 @@ class Batch(ScheduleOperations):
         self.config = config
         self._repository: Any = None
         self._registry: Any = None
+        # Opening the repository and discovering the jobs happen once, on first use, whichever
+        # thread comes first: a second discovery racing the first would import half-loaded
+        # job modules and find no jobs.
+        self._opening = threading.RLock()
 
     @classmethod
     def from_config(
@@ -307,21 +312,23 @@ class Batch(ScheduleOperations):
 
     @property
     def repository(self) -> Any:
-        if self._repository is None:
-            from batchctl.repository import Repository
+        with self._opening:
+            if self._repository is None:
+                from batchctl.repository import Repository
 
-            self._repository = Repository.open(
-                self.config.database_url, outage_timeout=self.config.db_outage_timeout
-            )
-        return self._repository
+                self._repository = Repository.open(
+                    self.config.database_url, outage_timeout=self.config.db_outage_timeout
+                )
+            return self._repository
 
     @property
     def registry(self) -> Any:
-        if self._registry is None:
-            from batchctl.registry import Registry
+        with self._opening:
+            if self._registry is None:
+                from batchctl.registry import Registry
 
-            self._registry = Registry.discover(self.config.jobs_dir)
-        return self._registry
+                self._registry = Registry.discover(self.config.jobs_dir)
+            return self._registry
 
     def upgrade_schema(self) -> str:
         """Create or migrate the repository schema (`batchctl db upgrade`); return the revision

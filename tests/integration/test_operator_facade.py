@@ -175,3 +175,34 @@ def test_upgrade_schema_of_an_unreachable_database_is_an_environment_error(
     missing = replace(config, database_url=f"sqlite:///{tmp_path / 'no' / 'such' / 'x.db'}")
     with Batch(missing) as batch, pytest.raises(DatabaseUnavailable, match="cannot reach"):
         batch.upgrade_schema()
+
+
+SLOW_IMPORT_JOB = '''
+import time
+from batchctl import Job
+
+time.sleep(0.3)  # a job module that takes a while to import (a heavy dependency)
+job = Job("slow_import")
+
+@job.tasklet
+def only(ctx):
+    pass
+'''
+
+
+def test_threads_first_using_a_batch_at_once_all_find_the_jobs(
+    config: Config, write_job: Any
+) -> None:
+    """Serve, the dashboard's threads and a test's thread may touch a new Batch together: the
+    jobs are discovered once, and no thread sees a half-imported module's empty registry."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    write_job("slow_import", SLOW_IMPORT_JOB)
+    batch = Batch(config)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            registries = list(pool.map(lambda _: batch.registry, range(4)))
+        assert all(registry is registries[0] for registry in registries)
+        assert "slow_import" in registries[0].jobs
+    finally:
+        batch.close()
