@@ -307,9 +307,15 @@ class DaskPartitions:
             self._look_after(partition, alive)
 
     def _lost_scheduler(self) -> bool:
-        if self.cluster.client.status not in ("running", "connecting", "newly-created"):
+        """The client gave up on the scheduler, or is reconnecting to it with tasks lost (a new
+        scheduler knows none of them). A task lost while the client stays connected lost only
+        its worker (or the worker holding its result): `_look_after` submits it again."""
+        status = self.cluster.client.status
+        if status not in ("running", "connecting", "newly-created"):
             return True
-        return any(f.status in ("lost", "cancelled") for f in self.futures.values())
+        return status == "connecting" and any(
+            f.status in ("lost", "cancelled") for f in self.futures.values()
+        )
 
     def _workers_alive(self) -> set[int] | None:
         """The batchctl workers still alive, after retiring those whose Dask worker left the
