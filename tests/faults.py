@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -27,15 +26,10 @@ DEADLINE = 60.0  # seconds any wait of these helpers may last before it fails th
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = DEADLINE, interval: float = 0.02) -> Any:
-    """Poll `condition` until it returns something truthy; AssertionError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
+    """`wait_for` with this module's longer deadline and shorter poll."""
+    from tests.conftest import wait_for
+
+    return wait_for(condition, timeout, interval)
 
 
 class OutageProxy:

@@ -79,14 +79,9 @@ class Cli:
 
 
 def wait_until(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.05)
+    from tests.conftest import wait_for
+
+    return wait_for(condition, timeout, what=what)
 
 
 @pytest.fixture
