@@ -313,9 +313,9 @@ class DaskPartitions:
         status = self.cluster.client.status
         if status not in ("running", "connecting", "newly-created"):
             return True
-        return status == "connecting" and any(
-            f.status in ("lost", "cancelled") for f in self.futures.values()
-        )
+        if not any(f.status in ("lost", "cancelled") for f in self.futures.values()):
+            return False
+        return status == "connecting" or not _answers(self.cluster.client.scheduler.address)
 
     def _workers_alive(self) -> set[int] | None:
         """The batchctl workers still alive, after retiring those whose Dask worker left the
@@ -399,6 +399,22 @@ class DaskPartitions:
                 self.cluster.client.cancel(futures)
             except Exception:
                 log.debug("cancelling the Dask tasks failed", exc_info=True)
+
+
+def _answers(address: str) -> bool:
+    """Whether something accepts a TCP connection at a Dask address (`tcp://host:port`): the
+    client notices a dead scheduler only after a while, a refused connection at once."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    if parts.hostname is None or parts.port is None:
+        return True  # not a TCP address (inproc://): the client's status is all there is
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def _quiet_dask_logs() -> None:

@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -152,12 +151,31 @@ def dask_batch(dask_config: Config) -> Iterator[Batch]:
 @pytest.fixture
 def in_thread(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """in_thread(fn, *args): a future of fn run in a thread; at the end of the test the gate
-    opens (a test that failed must not leave its job held forever) and the thread is joined."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        try:
-            yield pool.submit
-        finally:
-            (tmp_path / "gate").touch()
+    opens (a test that failed must not leave its job held forever) and the thread is waited for,
+    at most DEADLINE: a daemon thread, so that a job that hangs fails its test, not the suite."""
+    import threading
+    from concurrent.futures import Future, wait
+
+    futures: list[Future[Any]] = []
+
+    def submit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        threading.Thread(target=run, daemon=True).start()
+        futures.append(future)
+        return future
+
+    try:
+        yield submit
+    finally:
+        (tmp_path / "gate").touch()
+        wait(futures, timeout=DEADLINE)
 
 
 @pytest.fixture
