@@ -26,10 +26,15 @@ def host_name() -> str:
 def is_loopback_address(address: str) -> bool:
     """True when `address` (`tcp://127.0.0.1:8786`, `localhost:8786`, `tcp://[::1]:8786`)
     names this machine's loopback interface, so whatever listens there runs on this machine."""
-    import ipaddress
     from urllib.parse import urlsplit
 
-    host = urlsplit(address if "://" in address else f"tcp://{address}").hostname or ""
+    return is_loopback(urlsplit(address if "://" in address else f"tcp://{address}").hostname or "")
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` (a name or an IP address) is this machine's loopback interface."""
+    import ipaddress
+
     if host == "localhost":
         return True
     try:

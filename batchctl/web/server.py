@@ -4,7 +4,6 @@ heartbeat, serve until SIGTERM or Ctrl-C, then end within seconds (open event st
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import socket
@@ -17,19 +16,13 @@ import uvicorn
 
 from batchctl.defaults import ENV_API_TOKEN, SHUTDOWN_GRACE
 from batchctl.errors import EnvironmentProblem, UsageError
+from batchctl.host import is_loopback
 from batchctl.web.app import WebState, create_app
 from batchctl.web.auth import Tokens
 
 SERVICE_KIND = "serve"  # the worker table's kind of this service
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_tokens(batch: Any, host: str, env: Mapping[str, str]) -> tuple[Tokens, str | None]:
