@@ -287,9 +287,9 @@ class DaskPartitions:
             partition.name, host_name(),
         )
         key = f"batchctl-{self.work.execution_id}-{partition.name}-attempt-{attempt}"
-        self.futures[partition.id] = self.cluster.client.submit(
-            run_partition_task, task, key=key, pure=False, retries=0
-        )
+        future = self.cluster.client.submit(run_partition_task, task, key=key, pure=False, retries=0)
+        future.add_done_callback(lambda _: self.work.wake.set())
+        self.futures[partition.id] = future
 
     def supervise(self, partitions: list[StepExecution]) -> None:
         """One look at the partitions the step waits for, and at their tasks."""

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from batchctl.defaults import LOCAL_WORKER_RESPAWNS, THREAD_CONNECTIONS
@@ -44,6 +44,9 @@ class PartitionWork:
     execution_id: int
     repository: Repository
     config: Config
+    wake: threading.Event = field(default_factory=threading.Event, compare=False)
+    """Set by an executor when something it runs has ended: the step looks at its partitions
+    at once rather than at its next poll."""
 
     @property
     def workers(self) -> int:
@@ -96,7 +99,8 @@ class ThreadExecutor:
             for _ in range(work.workers)
         ]
         threads = [
-            threading.Thread(target=_logged(worker.run), name=f"batchctl-partition-{i}", daemon=True)
+            threading.Thread(target=_logged(worker.run, then=work.wake.set),
+                             name=f"batchctl-partition-{i}", daemon=True)
             for i, worker in enumerate(workers)
         ]
         for thread in threads:
@@ -237,13 +241,16 @@ def fail_waiting(repository: Repository, partitions: list[StepExecution], messag
             log.warning("could not fail partition %s", partition.name, exc_info=True)
 
 
-def _logged(run: Callable[[], Any]) -> Callable[[], None]:
-    """A worker thread's target: an error that ends it goes to the log, not to stderr."""
+def _logged(run: Callable[[], Any], then: Callable[[], None]) -> Callable[[], None]:
+    """A worker thread's target: an error that ends it goes to the log, not to stderr; `then`
+    runs however it ends."""
 
     def target() -> None:
         try:
             run()
         except Exception:
             log.exception("a worker thread ended on an error")
+        finally:
+            then()
 
     return target

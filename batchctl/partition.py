@@ -12,6 +12,7 @@ the partitioner is not called again (its contexts are saved in the step's state)
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import replace
 from datetime import timedelta
@@ -57,7 +58,7 @@ class PartitionedStepRunner(StepRunner):
         log.info("step %s: %d partition(s) to run (%s)", self.step.name, len(specs), mode.value)
         work = PartitionWork(self.job, self.step, self.ctx.execution_id, self.repository, self.config)
         with executor_for(work).run() as supervise:
-            partitions = self._wait(supervise)
+            partitions = self._wait(supervise, work.wake)
         status, message = self._combine(partitions)
         if status == Status.COMPLETED and self.settings.after_partitions is not None:
             every = sorted(
@@ -117,9 +118,12 @@ class PartitionedStepRunner(StepRunner):
             storable_json(context, "a partition context")  # saved as JSON: fail here, not later
         return contexts
 
-    def _wait(self, supervise: Supervise) -> list[StepExecution]:
+    def _wait(self, supervise: Supervise, wake: threading.Event) -> list[StepExecution]:
+        """Look at the partitions every PARTITION_POLL_INTERVAL, or at once when the executor
+        says something it runs has ended, until none is live."""
         last_log = time.monotonic()
         while True:
+            wake.clear()  # before the look: a wake during it is not lost
             partitions = self.repository.partitions_of(self.ctx.execution_id, self.step.name)
             if all(not p.status.is_live for p in partitions):
                 return partitions
@@ -131,7 +135,7 @@ class PartitionedStepRunner(StepRunner):
                 waiting = sum(p.status == Status.STARTING for p in partitions)
                 log.info("step %s: %d partition(s) waiting for workers", self.step.name, waiting)
                 last_log = time.monotonic()
-            time.sleep(PARTITION_POLL_INTERVAL)
+            wake.wait(PARTITION_POLL_INTERVAL)
 
     def _end_partitions_no_worker_runs(self) -> None:
         """On a stop, no worker claims a partition any more: end those waiting for one, and

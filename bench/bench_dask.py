@@ -38,11 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PYTHON, Context, Row, at_most, bench, holds, until  # noqa: E402
 
 PARTITIONS = 8
-CPU_ITEMS, CPU_QUICK_ITEMS = 8_000, 3_000
+CPU_ITEMS, CPU_QUICK_ITEMS = 16_000, 3_000  # 8 partitions of about 1.5 s (0.4 s quick)
 CPU_ROUNDS = 10_000  # iterations of the recurrence per item (about 1 ms of CPU)
 CPU_CHUNK = 50
 CPU_SPEEDUP = 1.8  # 2 Dask workers at least this much faster than 1
-CPU_RUNS, CPU_QUICK_RUNS = 2, 1  # runs per side (the best is reported)
+PARALLEL_IDEAL = 2.0  # two workers' speedup on two idle CPUs
+CPU_RUNS, CPU_QUICK_RUNS = 3, 2  # pairs of 1- and 2-worker runs per side
 TINY_PARTITIONS = 64
 OVERHEAD_TARGET = 0.050  # seconds batchctl may add to a partition over a bare Client.submit
 OVERHEAD_RUNS, OVERHEAD_QUICK_RUNS = 3, 1
@@ -177,9 +178,27 @@ def run_bare(scheduler: str, jobs_dir: str, partitions: int) -> dict[str, Any]:
         return {"seconds": time.perf_counter() - started}
 
 
+def run_pool(jobs_dir: str, workers: int, items: int) -> dict[str, Any]:
+    """What the machine gives: the bare processor over the same items in 8 slices on a
+    multiprocessing pool of `workers` processes (started before the clock)."""
+    from multiprocessing import Pool
+
+    sys.path.insert(0, jobs_dir)
+    from bench_dask_jobs import burn  # type: ignore[import-not-found]
+
+    with Pool(workers) as pool:
+        pool.map(abs, range(workers))
+        started = time.perf_counter()
+        pool.map(burn, range(items), chunksize=max(1, items // PARTITIONS))
+        return {"seconds": time.perf_counter() - started}
+
+
 def _child(argv: list[str]) -> None:
     side, *rest = argv
-    if side == "batchctl":
+    if side == "pool":
+        jobs_dir, workers, items = rest
+        result = run_pool(jobs_dir, int(workers), int(items))
+    elif side == "batchctl":
         url, jobs_dir, scheduler, job, items, partitions = rest
         result = run_batchctl(url, jobs_dir, scheduler, job, int(items), int(partitions))
     else:
@@ -226,35 +245,66 @@ def dask_partitions(ctx: Context) -> Iterator[Row]:
     for database in ctx.databases:
         url = ctx.repository_url(database, "dask")
         seconds: dict[str, list[float]] = {}
-        for workers in (1, 2):
-            cluster = Cluster(ctx.path(f"cluster-{database}-{workers}"), workers, _jobs_dir(ctx))
-            try:
-                _run_job(ctx, url, cluster.address, "cpu_dask_1", items // 10)  # warm the workers
-                for _ in range(runs):
-                    seconds.setdefault(f"dask {workers}", []).append(
-                        _run_job(ctx, url, cluster.address, "cpu_dask_1", items))
-                    seconds.setdefault(f"process {workers}", []).append(
-                        _run_job(ctx, url, "", f"cpu_process_{workers}", items))
-                if workers == 1:
-                    yield from _overhead(ctx, database, url, cluster)
-            finally:
+        clusters = {workers: Cluster(ctx.path(f"cluster-{database}-{workers}"), workers,
+                                     _jobs_dir(ctx)) for workers in (1, 2)}
+        try:
+            for cluster in clusters.values():
+                _run_job(ctx, url, cluster.address, "cpu_dask_1", items // 10)  # warm its workers
+            # A shared machine's CPUs speed up and slow down by tens of percent from one minute
+            # to the next: each side's 1- and 2-worker runs follow one another, and the speedup
+            # is the median of the ratios of these pairs.
+            for _ in range(runs):
+                for workers, cluster in clusters.items():
+                    _note(seconds, f"dask {workers}",
+                          _run_job(ctx, url, cluster.address, "cpu_dask_1", items))
+                for workers in (1, 2):
+                    _note(seconds, f"process {workers}",
+                          _run_job(ctx, url, "", f"cpu_process_{workers}", items))
+                for workers in (1, 2):
+                    _note(seconds, f"pool {workers}",
+                          _measure("pool", str(_jobs_dir(ctx)), str(workers), str(items // 4)))
+            yield from _overhead(ctx, database, url, clusters[1])
+        finally:
+            for cluster in clusters.values():
                 cluster.close()
-        best = {side: min(times) for side, times in seconds.items()}
-        for workers in (1, 2):
-            yield Row(
-                f"CPU, {items:,} items in 8 partitions, {workers} Dask worker(s)", database,
-                best[f"dask {workers}"], best[f"process {workers}"],
-                note=f"batchctl on Dask vs batchctl mode=\"process\" with {workers} process(es), "
-                     f"best of {runs}",
-            )
-        speedup = best["dask 1"] / best["dask 2"]
-        processes = best["process 1"] / best["process 2"]
+        yield from _cpu_rows(database, items, seconds)
+
+
+def _note(seconds: dict[str, list[float]], side: str, elapsed: float) -> None:
+    seconds.setdefault(side, []).append(elapsed)
+
+
+def _cpu_rows(database: str, items: int, seconds: dict[str, list[float]]) -> Iterator[Row]:
+    runs = len(seconds["dask 1"])
+    for workers in (1, 2):
         yield Row(
-            "CPU speedup on Dask, 1 -> 2 workers", database, f"{speedup:.2f}x",
-            f"{processes:.2f}x", holds(f">= {CPU_SPEEDUP:g}x"), unit="x",
-            passed=speedup >= CPU_SPEEDUP,
-            note=f"baseline: mode=\"process\" 1 -> 2 processes; {os.cpu_count()} CPUs, {_load()}",
+            f"CPU, {items:,} items in 8 partitions, {workers} Dask worker(s)", database,
+            statistics.median(seconds[f"dask {workers}"]),
+            statistics.median(seconds[f"process {workers}"]),
+            note=f"batchctl on Dask vs batchctl mode=\"process\" with {workers} process(es), "
+                 f"medians of {runs}",
         )
+    speedup, processes, pool = (_speedup(seconds, side) for side in ("dask", "process", "pool"))
+    yield Row(
+        "CPU speedup on Dask, 1 -> 2 workers", database, f"{speedup:.2f}x",
+        f"{processes:.2f}x", holds(f">= {CPU_SPEEDUP:g}x"), unit="x",
+        passed=speedup >= CPU_SPEEDUP,
+        note=f"baseline: mode=\"process\" 1 -> 2 processes; medians of {runs} pairs; "
+             f"{os.cpu_count()} CPUs, {_load()}",
+    )
+    # Two virtual CPUs of a shared machine seldom give two CPUs' worth: the same target as a
+    # share of what they gave the bare processor in the same run (1.8x of an ideal 2x is 90%).
+    share = CPU_SPEEDUP / PARALLEL_IDEAL
+    yield Row(
+        "Dask speedup / the machine's own 1 -> 2 speedup", database, f"{speedup / pool:.0%}",
+        f"{pool:.2f}x", holds(f">= {share:.0%}"), unit="%", passed=speedup / pool >= share,
+        note="baseline: the bare processor over a quarter of the items on a multiprocessing "
+             f"pool of 1 -> 2 processes; medians of {runs} pairs",
+    )
+
+
+def _speedup(seconds: dict[str, list[float]], side: str) -> float:
+    return statistics.median(one / two for one, two in zip(seconds[f"{side} 1"], seconds[f"{side} 2"]))
 
 
 def _overhead(ctx: Context, database: str, url: str, cluster: Cluster) -> Iterator[Row]:

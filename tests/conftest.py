@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import textwrap
+import threading
 import time
 import uuid
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import quote
@@ -124,3 +126,18 @@ def wait_for(condition: Callable[[], Any], timeout: float = 20.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met within {timeout}s")
         time.sleep(interval)
+
+
+def in_daemon_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
+    """A future of fn run in a daemon thread: a job that hangs fails the test that waits for it
+    with a deadline, and never holds up the end of the suite."""
+    future: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future

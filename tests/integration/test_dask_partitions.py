@@ -27,9 +27,9 @@ import pytest
 from batchctl.config import Config
 from batchctl.model import Status
 from batchctl.operator import Batch
-from tests.conftest import wait_for
+from tests.conftest import in_daemon_thread, wait_for
 from tests.integration.test_chunk_steps import sql
-from tests.integration.test_partitions import SAME_WORK, partitions
+from tests.integration.test_partitions import SAME_WORK, hour_long_polls, partitions  # noqa: F401
 
 DEADLINE = 90.0  # seconds an awaited state may take on a loaded machine (a worker restarts)
 ITEMS = 8 * 40
@@ -153,23 +153,13 @@ def in_thread(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """in_thread(fn, *args): a future of fn run in a thread; at the end of the test the gate
     opens (a test that failed must not leave its job held forever) and the thread is waited for,
     at most DEADLINE: a daemon thread, so that a job that hangs fails its test, not the suite."""
-    import threading
     from concurrent.futures import Future, wait
 
     futures: list[Future[Any]] = []
 
     def submit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-
-        def run() -> None:
-            try:
-                future.set_result(fn(*args, **kwargs))
-            except BaseException as exc:
-                future.set_exception(exc)
-
-        threading.Thread(target=run, daemon=True).start()
-        futures.append(future)
-        return future
+        futures.append(in_daemon_thread(fn, *args, **kwargs))
+        return futures[-1]
 
     try:
         yield submit
@@ -253,6 +243,15 @@ def test_show_and_workers_name_the_dask_worker(
     shown = render.execution_dict(dask_batch.execution(execution_id),
                                   dask_batch.step_executions(execution_id))
     assert all(s["host"].startswith("tcp://") for s in shown["steps"] if s["name"] != "load")
+
+
+def test_the_step_ends_when_its_dask_tasks_do_not_at_its_next_poll(
+    dask_batch: Batch, gated: Path, in_thread: Callable[..., Any], hour_long_polls: Any
+) -> None:
+    future = in_thread(dask_batch.start, "gated")
+    assert hour_long_polls.wait(DEADLINE)  # it looked while the partitions were held: it waits
+    (gated / "gate").touch()
+    assert future.result(timeout=DEADLINE).status == Status.COMPLETED
 
 
 # -- a Dask worker killed mid-partition ----------------------------------------------------------

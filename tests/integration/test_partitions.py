@@ -9,6 +9,7 @@ never for a fixed time.
 from __future__ import annotations
 
 import csv
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -18,7 +19,7 @@ import pytest
 from batchctl.config import Config
 from batchctl.model import Status
 from batchctl.operator import Batch
-from tests.conftest import wait_for
+from tests.conftest import in_daemon_thread, wait_for
 from tests.integration.test_chunk_steps import sql
 
 DEADLINE = 60.0  # seconds an awaited state may take on a loaded machine
@@ -198,6 +199,24 @@ def in_thread() -> Iterator[Callable[..., Any]]:
     """in_thread(fn, *args): a future of fn run in a thread, joined at the end of the test."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         yield pool.submit
+
+
+@pytest.fixture
+def hour_long_polls(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """The step looks at its partitions once an hour, unless its executor wakes it when what it
+    runs ends. Returns an event set once the step has looked at them."""
+    from batchctl import partition
+
+    looked = threading.Event()
+    show_progress = partition.PartitionedStepRunner._show_progress
+
+    def show_and_tell(self: Any, partitions: list[Any]) -> None:
+        show_progress(self, partitions)
+        looked.set()
+
+    monkeypatch.setattr(partition, "PARTITION_POLL_INTERVAL", 3600.0)
+    monkeypatch.setattr(partition.PartitionedStepRunner, "_show_progress", show_and_tell)
+    return looked
 
 
 def partitions(batch: Batch, execution_id: int, step: str) -> list[Any]:
@@ -678,3 +697,28 @@ def test_when_every_worker_thread_ends_on_an_error_the_step_fails_instead_of_wai
     assert "0 of 2 partitions completed; work:0000 failed: its worker threads ended on an error" in (
         execution.exit_message
     )
+
+
+def test_a_step_on_threads_ends_when_its_threads_do_not_at_its_next_poll(
+    batch: Batch, write_job: Any, tmp_path: Path, hour_long_polls: threading.Event
+) -> None:
+    gate = tmp_path / "gate"
+    write_job("gated_threads", f'''
+        import time
+        from pathlib import Path
+
+        from batchctl import Job
+
+        job = Job("gated_threads")
+
+        @job.tasklet(partitioner=lambda ctx: [{{"n": 1}}, {{"n": 2}}], workers=2, mode="thread")
+        def work(ctx):
+            while not Path({str(gate)!r}).exists():
+                time.sleep(0.01)
+    ''')
+    future = in_daemon_thread(batch.start, "gated_threads", {})
+    try:
+        assert hour_long_polls.wait(DEADLINE)  # it looked while the partitions were held
+    finally:
+        gate.touch()
+    assert future.result(timeout=DEADLINE).status == Status.COMPLETED
