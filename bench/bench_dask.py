@@ -35,12 +35,12 @@ from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PYTHON, Context, Row, at_most, bench, holds, until  # noqa: E402
+from bench_partitions import CPU_CHUNK, CPU_FUNCTIONS, PARTITIONS  # noqa: E402
+from common import (  # noqa: E402
+    PYTHON, Context, Row, at_most, bench, child_result, holds, load_average, until,
+)
 
-PARTITIONS = 8
 CPU_ITEMS, CPU_QUICK_ITEMS = 16_000, 3_000  # 8 partitions of about 1.5 s (0.4 s quick)
-CPU_ROUNDS = 10_000  # iterations of the recurrence per item (about 1 ms of CPU)
-CPU_CHUNK = 50
 CPU_SPEEDUP = 1.8  # 2 Dask workers at least this much faster than 1
 PARALLEL_IDEAL = 2.0  # two workers' speedup on two idle CPUs
 CPU_RUNS, CPU_QUICK_RUNS = 3, 2  # pairs of 1- and 2-worker runs per side
@@ -53,29 +53,7 @@ JOBS = f'''
 """Jobs of bench_dask.py."""
 
 from batchctl import Job
-
-ROUNDS = {CPU_ROUNDS}
-
-
-def ranges(ctx):
-    n, parts = ctx.params["n"], ctx.params["partitions"]
-    return [{{"lo": i * n // parts, "hi": (i + 1) * n // parts}} for i in range(parts)]
-
-
-def numbers(ctx):
-    return range(ctx.partition["lo"], ctx.partition["hi"])
-
-
-def burn(n, ctx=None):
-    x = n
-    for _ in range(ROUNDS):
-        x = (x * 1103515245 + 12345) & 0x7FFFFFFF
-    return x
-
-
-def discard(items, ctx):
-    pass
-
+{CPU_FUNCTIONS}
 
 for mode, workers in (("process", 1), ("process", 2), ("dask", 1)):
     job = Job(f"cpu_{{mode}}_{{workers}}", params={{"n": int, "partitions": int, "run": str}})
@@ -211,13 +189,7 @@ def _child(argv: list[str]) -> None:
 
 
 def _measure(*argv: str) -> float:
-    done = subprocess.run(
-        [PYTHON, __file__, "--child", *argv], capture_output=True, text=True,
-        env={**os.environ, "NO_COLOR": "1"},
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{argv[0]} run failed: {done.stderr.strip()[-2000:]}")
-    return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+    return float(child_result(__file__, *argv)["seconds"])
 
 
 def _jobs_dir(ctx: Context) -> Path:
@@ -232,10 +204,6 @@ def _run_job(ctx: Context, url: str, scheduler: str, job: str, items: int,
              partitions: int = PARTITIONS) -> float:
     return _measure("batchctl", url, str(_jobs_dir(ctx)), scheduler, job, str(items),
                     str(partitions))
-
-
-def _load() -> str:
-    return "load " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 @bench("dask", help="CPU-bound partitions on 1 and 2 Dask workers vs processes; overhead vs Client.submit")
@@ -290,7 +258,7 @@ def _cpu_rows(database: str, items: int, seconds: dict[str, list[float]]) -> Ite
         f"{processes:.2f}x", holds(f">= {CPU_SPEEDUP:g}x"), unit="x",
         passed=speedup >= CPU_SPEEDUP,
         note=f"baseline: mode=\"process\" 1 -> 2 processes; medians of {runs} pairs; "
-             f"{os.cpu_count()} CPUs, {_load()}",
+             f"{os.cpu_count()} CPUs, {load_average()}",
     )
     # Two virtual CPUs of a shared machine seldom give two CPUs' worth: the same target as a
     # share of what they gave the bare processor in the same run (1.8x of an ideal 2x is 90%).

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime
@@ -32,7 +31,7 @@ from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PYTHON, Context, Row, bench, holds  # noqa: E402
+from common import PYTHON, Context, Row, bench, child_result, holds, load_average  # noqa: E402
 
 PARTITIONS = 8
 CPU_ITEMS, CPU_QUICK_ITEMS = 8_000, 3_000
@@ -47,13 +46,7 @@ IO_CHUNK = 5
 IO_WORKERS = (1, 2, 4, 8)
 IO_EFFICIENCY = 0.8  # throughput at k workers at least this share of k times that at 1
 
-JOBS = f'''
-"""Jobs of bench_partitions.py: one per mode and worker count."""
-
-import time
-
-from batchctl import Job
-
+CPU_FUNCTIONS = f'''
 ROUNDS = {CPU_ROUNDS}
 
 
@@ -73,13 +66,22 @@ def burn(n, ctx=None):
     return x
 
 
+def discard(items, ctx):
+    pass
+'''
+"""The CPU job's reader, processor and writer (bench_dask.py runs the same job on Dask)."""
+
+JOBS = f'''
+"""Jobs of bench_partitions.py: one per mode and worker count."""
+
+import time
+
+from batchctl import Job
+{CPU_FUNCTIONS}
+
 def wait(n, ctx):
     time.sleep({IO_SECONDS!r})
     return n
-
-
-def discard(items, ctx):
-    pass
 
 
 for mode in ("process", "thread"):
@@ -188,13 +190,7 @@ def _child(argv: list[str]) -> None:
 
 
 def _measure(*argv: str) -> dict[str, Any]:
-    done = subprocess.run(
-        [PYTHON, __file__, "--child", *argv], capture_output=True, text=True,
-        env={**os.environ, "NO_COLOR": "1"},
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{argv[0]} run failed: {done.stderr.strip()[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return child_result(__file__, *argv)
 
 
 def _jobs_dir(ctx: Context) -> Path:
@@ -228,10 +224,6 @@ def _worker_start(ctx: Context, database: str) -> tuple[float, float]:
     run_measured(command, env=env)  # creates the schema
     samples = [run_measured(command, env=env) for _ in range(5)]
     return statistics.median(w for w, _ in samples), statistics.median(c for _, c in samples)
-
-
-def _load() -> str:
-    return "load " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 @bench("partitions-cpu", help="CPU-bound partitioned job on 1 and 2 processes vs Pool(1)/Pool(2)")
@@ -268,7 +260,7 @@ def partitions_cpu(ctx: Context) -> Iterator[Row]:
             "CPU speedup, 1 -> 2 processes", database, f"{speedup:.2f}x", f"{baseline:.2f}x",
             holds(f">= {CPU_SPEEDUP:g}x"), unit="x", passed=speedup >= CPU_SPEEDUP,
             note=f"baseline: Pool(1) -> Pool(2); ratio of medians {medians:.2f}x; "
-                 f"{os.cpu_count()} CPUs, {_load()}",
+                 f"{os.cpu_count()} CPUs, {load_average()}",
         )
 
 

@@ -474,3 +474,23 @@ def stopwatch() -> Iterator[Callable[[], float]]:
     """`with stopwatch() as elapsed: ...; elapsed()` - seconds since the block began."""
     started = time.perf_counter()
     yield lambda: time.perf_counter() - started
+
+
+def child_result(script: str, *argv: str) -> dict[str, Any]:
+    """Run `script --child argv...` on this interpreter and return the JSON object of its last
+    line: a benchmark times each contender in a process of its own."""
+    import json
+
+    done = subprocess.run(
+        [PYTHON, script, "--child", *argv], capture_output=True, text=True,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv[0]} run failed: {done.stderr.strip()[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def load_average() -> str:
+    """The machine's load, for a note beside a figure that a busy machine skews."""
+    return "load " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
