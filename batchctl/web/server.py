@@ -94,7 +94,12 @@ def serve(batch: Any, host: str, port: int, *, env: Mapping[str, str] | None = N
         forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
     )
     server = _Server(config)
-    server.on_exit = state.stopping.set  # type: ignore[method-assign]
+
+    def on_exit() -> None:
+        state.stopping.set()
+        batch.stop_waiting_for_repository()  # a stop during an outage ends within seconds
+
+    server.on_exit = on_exit  # type: ignore[method-assign]
     log.info(f"serving {batch.config.display_database_url} on {url} (worker {worker_id}); "
              "Ctrl-C or SIGTERM stops")
     try:
@@ -103,8 +108,9 @@ def serve(batch: Any, host: str, port: int, *, env: Mapping[str, str] | None = N
         state.stopping.set()
         beating.set()
         sock.close()
-        batch.repository.retire_worker(worker_id)
         _connections_returned(batch, deadline=time.monotonic() + SHUTDOWN_GRACE)
+        # Unreachable while stopping: RepositoryOutage at once (exit 5), as a worker does.
+        batch.repository.retire_worker(worker_id)
         log.info("stopped")
 
 

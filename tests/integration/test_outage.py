@@ -565,3 +565,27 @@ def test_a_worker_told_to_stop_during_an_outage_does_not_wait_for_the_repository
     lines = stderr.read_text().splitlines()
     assert code == 5, lines
     assert "this process is stopping" in lines[-1]
+
+
+def test_serve_told_to_stop_during_an_outage_does_not_wait_for_the_repository(
+    postgres_url: str, proxy: OutageProxy, gate: Gate, jobs_dir: Path, tmp_path: Path,
+) -> None:
+    import signal
+
+    config = outage_config(postgres_url, proxy, jobs_dir, tmp_path, timeout=600.0)
+    stderr = tmp_path / "serve.txt"
+    serve = start_process(["serve", "--host", "127.0.0.1", "--port", "0"],
+                          process_env(config, gate), stderr)
+    try:
+        wait_until(lambda: "serving" in stderr.read_text())
+        proxy.cut()
+        wait_until(lambda: "repository unreachable, retrying" in stderr.read_text())
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(DEADLINE)  # not the 600 s of db_outage_timeout
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+    lines = stderr.read_text().splitlines()
+    assert code == 5, lines
+    assert lines[-1].startswith("batchctl: error:") and "this process is stopping" in lines[-1]
+    assert not any("Traceback" in line for line in lines), lines
