@@ -64,11 +64,20 @@ class PartitionQueries(RepositoryBase):
         self, job_execution_id: int, step_name: str, specs: Sequence[PartitionSpec], mode: str
     ) -> None:
         """Write: one STARTING step execution per partition, in one transaction; on Postgres
-        the transaction also notifies waiting workers."""
+        the transaction also notifies waiting workers. Run again after a COMMIT whose answer
+        was lost (an outage), it creates only the partitions not already there: one created
+        twice would run its items twice."""
 
         def change(connection: Connection) -> None:
             self._hold_fence(connection)
-            if specs:
+            of_step = (
+                step_execution.c.job_execution_id == job_execution_id,
+                step_execution.c.partition_of == step_name,
+            )
+            names = connection.execute(select(step_execution.c.name).where(*of_step)).scalars()
+            existing = set(names)
+            missing = [s for s in specs if partition_name(step_name, s.index) not in existing]
+            if missing:
                 connection.execute(
                     step_execution.insert(),
                     [
@@ -83,14 +92,12 @@ class PartitionQueries(RepositoryBase):
                             "partition": spec.partition,
                             "mode": mode,
                         }
-                        for spec in specs
+                        for spec in missing
                     ],
                 )
                 created = connection.execute(
                     select(step_execution.c.id, step_execution.c.name).where(
-                        step_execution.c.job_execution_id == job_execution_id,
-                        step_execution.c.partition_of == step_name,
-                        step_execution.c.status == Status.STARTING.value,
+                        *of_step, step_execution.c.name.notin_(existing)
                     )
                 ).all()
                 record_step_events(connection, job_execution_id, created, Status.STARTING)
@@ -286,10 +293,22 @@ class PartitionQueries(RepositoryBase):
     # -- workers --------------------------------------------------------------------------------
 
     def register_worker(self, host: str, pid: int, kind: str) -> int:
-        """Write: a new worker, alive as of now."""
+        """Write: a new worker, alive as of now. Run again after a COMMIT whose answer was lost
+        (an outage), it finds the row that COMMIT created rather than leave a second one."""
         now = utcnow()
+        tries = 0
 
         def change(connection: Connection) -> int:
+            nonlocal tries
+            tries += 1
+            if tries > 1:
+                created = connection.execute(
+                    select(worker.c.id).where(
+                        worker.c.host == host, worker.c.pid == pid, worker.c.started_at == now
+                    )
+                ).scalar()
+                if created is not None:
+                    return int(created)
             result = connection.execute(
                 worker.insert().values(
                     host=host, pid=pid, kind=kind, started_at=now, heartbeat_at=now

@@ -12,7 +12,9 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import Connection, Row, and_, exists, func, literal, select, text, update
+from sqlalchemy import (
+    ColumnElement, Connection, Row, and_, exists, func, literal, select, text, update,
+)
 from sqlalchemy.exc import DBAPIError
 
 from batchctl.errors import CommitUnknown, StaleExecution, UnknownExecution
@@ -137,7 +139,7 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
         at once: the second finds the first's new instance live).
         """
 
-        def change(connection: Connection) -> JobExecution:
+        def change(connection: Connection, now: datetime) -> JobExecution:
             current = self._current_instance(connection, job_name, job_key)
             if current is None:
                 instance_id = self._insert_instance(connection, job_name, job_key, params)
@@ -151,10 +153,10 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
                     rerun_of=current.rerun_of or current.id, rerun=number,
                 )
             return self._insert_execution(
-                connection, instance_id, decide, process or {}, trigger, also
+                connection, instance_id, decide, process or {}, trigger, also, now
             )
 
-        return self._claim(change)
+        return self._claim(job_execution.c.job_name == job_name, change)
 
     def create_execution_of_instance(
         self,
@@ -168,15 +170,37 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
         """Claim: a new STARTING execution of an existing instance if `decide` allows (`also`:
         as for `create_execution`)."""
         return self._claim(
-            lambda connection: self._insert_execution(
-                connection, instance_id, decide, process or {}, trigger, also
-            )
+            job_execution.c.instance_id == instance_id,
+            lambda connection, now: self._insert_execution(
+                connection, instance_id, decide, process or {}, trigger, also, now
+            ),
         )
 
-    def _claim(self, change: Callable[[Connection], JobExecution]) -> JobExecution:
-        """A serializable write that inserts an execution: the live index refusing a second
-        live execution is AlreadyRunning (translated with every driver error in connect.py)."""
-        return self._write(change, serializable=True)
+    def _claim(
+        self, of: ColumnElement[bool], change: Callable[[Connection, datetime], JobExecution]
+    ) -> JobExecution:
+        """A serializable write that inserts an execution created at `now`: the live index
+        refusing a second live execution is AlreadyRunning (translated with every driver error
+        in connect.py). Run again after a COMMIT whose answer was lost (an outage), it returns
+        the execution that COMMIT created (`of` the same job or instance, created at this
+        claim's time) rather than refuse to run beside it."""
+        now = utcnow()
+        tries = 0
+
+        def claim(connection: Connection) -> JobExecution:
+            nonlocal tries
+            tries += 1
+            if tries > 1:
+                created = connection.execute(
+                    select(job_execution.c.id).where(of, job_execution.c.created_at == now)
+                ).scalar()
+                if created is not None:
+                    row = self._execution_row(connection, created)
+                    assert row is not None
+                    return execution_from_row(row)
+            return change(connection, now)
+
+        return self._write(claim, serializable=True)
 
     def current_instance(
         self, job_name: str, job_key: str
@@ -234,11 +258,11 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
         decide: Decide,
         process: dict[str, Any],
         trigger: Trigger | None,
-        also: Also | None = None,
+        also: Also | None,
+        now: datetime,
     ) -> JobExecution:
         last = self._last_execution_of_instance(connection, instance_id)
         resumed = decide(last)
-        now = utcnow()
         values = {
             "instance_id": instance_id,
             "job_name": _instance_job_name(connection, instance_id),
@@ -387,11 +411,26 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
     def create_step_execution(
         self, job_execution_id: int, name: str, context: dict[str, Any]
     ) -> StepExecution:
-        """Write: a new STARTED step execution (fenced)."""
+        """Write: a new STARTED step execution (fenced). Run again after a COMMIT whose answer
+        was lost (an outage), it finds the row that COMMIT created (its start time is this
+        call's) rather than leave it STARTED beside a second one."""
         now = utcnow()
+        tries = 0
 
         def change(connection: Connection) -> int:
+            nonlocal tries
+            tries += 1
             self._hold_fence(connection)
+            if tries > 1:
+                created = connection.execute(
+                    select(step_execution.c.id).where(
+                        step_execution.c.job_execution_id == job_execution_id,
+                        step_execution.c.name == name,
+                        step_execution.c.started_at == now,
+                    )
+                ).scalar()
+                if created is not None:
+                    return int(created)
             result = connection.execute(
                 step_execution.insert().values(
                     job_execution_id=job_execution_id,

@@ -19,8 +19,9 @@ import subprocess
 import sys
 import textwrap
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -28,7 +29,7 @@ from sqlalchemy import create_engine, text
 from batchctl.config import Config
 from batchctl.model import Status
 from batchctl.operator import Batch
-from tests.faults import DEADLINE, Gate, OutageProxy, wait_until
+from tests.faults import DEADLINE, Gate, OutageProxy, client_port, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROWS = 60
@@ -589,3 +590,128 @@ def test_serve_told_to_stop_during_an_outage_does_not_wait_for_the_repository(
     assert code == 5, lines
     assert lines[-1].startswith("batchctl: error:") and "this process is stopping" in lines[-1]
     assert not any("Traceback" in line for line in lines), lines
+
+
+
+@contextmanager
+def commit_cut_of(proxy: OutageProxy, matches: Callable[[str, Any], bool]) -> Iterator[None]:
+    """The COMMIT of the transaction of the first statement that `matches(statement,
+    parameters)`, on any engine of this process, reaches the server and its answer is lost."""
+    from sqlalchemy import Engine, event
+
+    armed: list[bool] = []
+
+    def on_execute(connection: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if not armed and matches(statement.lstrip().upper(), parameters):
+            armed.append(True)
+            proxy.cut_after_commit(client_port(connection))
+
+    event.listen(Engine, "before_cursor_execute", on_execute)
+    try:
+        yield
+    finally:
+        event.remove(Engine, "before_cursor_execute", on_execute)
+
+
+def run_through_the_cut(batch: Batch, proxy: OutageProxy, job: str) -> Any:
+    """Run `job` while its cut COMMIT takes the database away; bring it back; the execution."""
+    thread, outcome = run_in_thread(batch, job)
+    wait_until(lambda: proxy.down or outcome)
+    wait_until(lambda: proxy.refused >= 2 or outcome)
+    proxy.restore()
+    thread.join(DEADLINE)
+    [execution] = outcome
+    assert not isinstance(execution, BaseException), execution
+    assert execution.status == Status.COMPLETED, execution.exit_message
+    return execution
+
+
+PARTITIONED_LEDGER = '''
+from sqlalchemy import text
+
+from batchctl import Job
+
+job = Job("ledger")
+
+
+@job.tasklet
+def create(ctx):
+    ctx.connection.execute(text("CREATE TABLE IF NOT EXISTS ledger (id INTEGER PRIMARY KEY)"))
+
+
+@job.tasklet(partitioner=lambda ctx: [{"q": q} for q in range(4)], workers=2, mode="thread")
+def load(ctx):
+    ctx.connection.execute(text("INSERT INTO ledger (id) VALUES (:id)"), {"id": ctx.partition["q"]})
+'''
+
+
+def test_a_cut_commit_of_the_partitions_creates_each_partition_once(
+    postgres_url: str, proxy: OutageProxy, write_job: Any, jobs_dir: Path, tmp_path: Path,
+) -> None:
+    """The partitions' INSERT committed but its answer was lost: the transaction, run again
+    once the database is back, finds them and creates none twice (each would run its items
+    again)."""
+    write_job("ledger", PARTITIONED_LEDGER)
+    with Batch(outage_config(postgres_url, proxy, jobs_dir, tmp_path)) as batch:
+        with commit_cut_of(proxy, lambda sql, _: sql.startswith("INSERT INTO STEP_EXECUTION")
+                           and "PARTITION_OF" in sql):
+            execution = run_through_the_cut(batch, proxy, "ledger")
+        parts = [s.name for s in batch.step_executions(execution.id) if s.partition_of == "load"]
+        events = [e for e in batch.events(execution=execution.id, limit=1000)
+                  if e.step_name and ":" in e.step_name]
+    assert sorted(parts) == [f"load:{q:04d}" for q in range(4)]
+    assert ledger_ids(postgres_url) == [0, 1, 2, 3]
+    assert sorted(e.step_name for e in events if e.status == Status.STARTING) == sorted(parts)
+
+
+def test_a_cut_commit_of_a_step_row_creates_it_once(
+    postgres_url: str, proxy: OutageProxy, write_job: Any, jobs_dir: Path, tmp_path: Path,
+) -> None:
+    """A step's row committed but its answer was lost: run again once the database is back,
+    its transaction finds the row rather than leaving it STARTED beside a second one."""
+    write_job("ledger", PARTITIONED_LEDGER)
+    with Batch(outage_config(postgres_url, proxy, jobs_dir, tmp_path)) as batch:
+        with commit_cut_of(proxy, lambda sql, parameters: sql.startswith("INSERT INTO STEP_EXECUTION")
+                           and isinstance(parameters, dict) and parameters.get("name") == "load"):
+            execution = run_through_the_cut(batch, proxy, "ledger")
+        steps = [s for s in batch.step_executions(execution.id) if not s.is_partition]
+        events = batch.events(execution=execution.id, limit=1000)
+    assert [(s.name, s.status) for s in steps] == [
+        ("create", Status.COMPLETED), ("load", Status.COMPLETED)
+    ]
+    assert [e.status for e in events if e.step_name == "load"] == [
+        Status.STARTED, Status.COMPLETED
+    ]
+
+
+def test_a_cut_commit_of_a_worker_row_registers_the_worker_once(
+    postgres_url: str, proxy: OutageProxy, write_job: Any, jobs_dir: Path, tmp_path: Path,
+) -> None:
+    """A worker's row committed but its answer was lost: run again once the database is back,
+    its transaction finds the row, so no second row stays behind, never retired."""
+    write_job("ledger", PARTITIONED_LEDGER)
+    with Batch(outage_config(postgres_url, proxy, jobs_dir, tmp_path)) as batch:
+        with commit_cut_of(proxy, lambda sql, _: sql.startswith("INSERT INTO WORKER")):
+            run_through_the_cut(batch, proxy, "ledger")
+    engine = create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as connection:
+            workers = connection.execute(text("SELECT kind, stopped_at FROM worker")).all()
+    finally:
+        engine.dispose()
+    assert len(workers) == 2 and all(stopped is not None for _, stopped in workers), workers
+
+
+def test_a_cut_commit_of_a_new_execution_runs_it_rather_than_refusing_beside_it(
+    postgres_url: str, proxy: OutageProxy, write_job: Any, jobs_dir: Path, tmp_path: Path,
+) -> None:
+    """`start`'s new execution committed but the answer was lost: run again once the database
+    is back, the claim finds that execution and runs it, instead of saying the job is already
+    running (beside an execution nobody would run)."""
+    write_job("ledger", PARTITIONED_LEDGER)
+    with Batch(outage_config(postgres_url, proxy, jobs_dir, tmp_path)) as batch:
+        with commit_cut_of(proxy, lambda sql, _: sql.startswith("INSERT INTO JOB_EXECUTION")):
+            execution = run_through_the_cut(batch, proxy, "ledger")
+        history = batch.history("ledger")
+    assert [(e.id, e.status) for e in history] == [(execution.id, Status.COMPLETED)]
+    assert ledger_ids(postgres_url) == [0, 1, 2, 3]
