@@ -100,6 +100,27 @@ def settle(
             current = reread(current)
 
 
+def once(
+    change: Callable[[Connection], R], committed: Callable[[Connection], R | None]
+) -> Callable[[Connection], R]:
+    """`change`, a transaction that inserts, made safe for the outage ride to run again after a
+    COMMIT whose answer was lost: on every run after the first, `committed(connection)` looks
+    for what the first run's COMMIT may have created, and its answer, when not None, is the
+    transaction's (nothing is inserted twice)."""
+    runs = 0
+
+    def run(connection: Connection) -> R:
+        nonlocal runs
+        runs += 1
+        if runs > 1:
+            found = committed(connection)
+            if found is not None:
+                return found
+        return change(connection)
+
+    return run
+
+
 def inserted_id(result: CursorResult[Any]) -> int:
     """The id the database gave the row an INSERT of one row created."""
     key = result.inserted_primary_key

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from batchctl.errors import UnknownExecution
 from batchctl.model import Status, StepExecution, utcnow
-from batchctl.repository.base import RepositoryBase, inserted_id, settle
+from batchctl.repository.base import RepositoryBase, inserted_id, once, settle
 from batchctl.repository.events import record_step_event, record_step_events
 from batchctl.repository.rows import column_values, ending, from_row, step_execution_from_row
 from batchctl.repository.tables import job_execution, step_execution, worker
@@ -296,19 +296,8 @@ class PartitionQueries(RepositoryBase):
         """Write: a new worker, alive as of now. Run again after a COMMIT whose answer was lost
         (an outage), it finds the row that COMMIT created rather than leave a second one."""
         now = utcnow()
-        tries = 0
 
-        def change(connection: Connection) -> int:
-            nonlocal tries
-            tries += 1
-            if tries > 1:
-                created = connection.execute(
-                    select(worker.c.id).where(
-                        worker.c.host == host, worker.c.pid == pid, worker.c.started_at == now
-                    )
-                ).scalar()
-                if created is not None:
-                    return int(created)
+        def insert(connection: Connection) -> int:
             result = connection.execute(
                 worker.insert().values(
                     host=host, pid=pid, kind=kind, started_at=now, heartbeat_at=now
@@ -316,7 +305,14 @@ class PartitionQueries(RepositoryBase):
             )
             return inserted_id(result)
 
-        return int(self._write(change))
+        def committed(connection: Connection) -> int | None:
+            return connection.execute(
+                select(worker.c.id).where(
+                    worker.c.host == host, worker.c.pid == pid, worker.c.started_at == now
+                )
+            ).scalar()
+
+        return int(self._write(once(insert, committed)))
 
     def worker_heartbeat(self, worker_id: int, step_execution_id: int | None) -> None:
         """Write: the worker is alive and doing `step_execution_id` (None: idle)."""

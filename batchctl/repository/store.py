@@ -32,7 +32,7 @@ from batchctl.model import (
     Trigger,
     utcnow,
 )
-from batchctl.repository.base import Fence, inserted_id, taken_over_message
+from batchctl.repository.base import Fence, inserted_id, once, taken_over_message
 from batchctl.repository.events import (
     events_after,
     latest_event_id,
@@ -185,21 +185,15 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
         the execution that COMMIT created (`of` the same job or instance, created at this
         claim's time) rather than refuse to run beside it."""
         now = utcnow()
-        tries = 0
 
-        def claim(connection: Connection) -> JobExecution:
-            nonlocal tries
-            tries += 1
-            if tries > 1:
-                created = connection.execute(
-                    select(job_execution.c.id).where(of, job_execution.c.created_at == now)
-                ).scalar()
-                if created is not None:
-                    row = self._execution_row(connection, created)
-                    assert row is not None
-                    return execution_from_row(row)
-            return change(connection, now)
+        def committed(connection: Connection) -> JobExecution | None:
+            found = connection.execute(
+                select(job_execution.c.id).where(of, job_execution.c.created_at == now)
+            ).scalar()
+            row = None if found is None else self._execution_row(connection, found)
+            return None if row is None else execution_from_row(row)
 
+        claim = once(lambda connection: change(connection, now), committed)
         return self._write(claim, serializable=True)
 
     def current_instance(
@@ -415,22 +409,18 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
         was lost (an outage), it finds the row that COMMIT created (its start time is this
         call's) rather than leave it STARTED beside a second one."""
         now = utcnow()
-        tries = 0
 
-        def change(connection: Connection) -> int:
-            nonlocal tries
-            tries += 1
+        def committed(connection: Connection) -> int | None:
+            return connection.execute(
+                select(step_execution.c.id).where(
+                    step_execution.c.job_execution_id == job_execution_id,
+                    step_execution.c.name == name,
+                    step_execution.c.started_at == now,
+                )
+            ).scalar()
+
+        def insert(connection: Connection) -> int:
             self._hold_fence(connection)
-            if tries > 1:
-                created = connection.execute(
-                    select(step_execution.c.id).where(
-                        step_execution.c.job_execution_id == job_execution_id,
-                        step_execution.c.name == name,
-                        step_execution.c.started_at == now,
-                    )
-                ).scalar()
-                if created is not None:
-                    return int(created)
             result = connection.execute(
                 step_execution.insert().values(
                     job_execution_id=job_execution_id,
@@ -445,7 +435,7 @@ class Repository(PartitionQueries, FireQueries, PruneQueries):
             record_step_event(connection, job_execution_id, new_id, name, Status.STARTED)
             return new_id
 
-        new_id = self._write(change)
+        new_id = self._write(once(insert, committed))
         return StepExecution(
             id=new_id,
             job_execution_id=job_execution_id,

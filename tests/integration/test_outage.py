@@ -142,6 +142,19 @@ def run_in_thread(batch: Batch, job: str) -> tuple[threading.Thread, list[Any]]:
     return thread, outcome
 
 
+def run_through_the_cut(batch: Batch, proxy: OutageProxy, job: str) -> Any:
+    """Run `job` while a cut COMMIT takes the database away, bring it back once the run has
+    tried to reconnect, and return the execution."""
+    thread, outcome = run_in_thread(batch, job)
+    wait_until(lambda: proxy.down or outcome)
+    wait_until(lambda: proxy.refused >= 2 or outcome)
+    proxy.restore()
+    thread.join(DEADLINE)
+    [execution] = outcome
+    assert not isinstance(execution, BaseException), execution
+    return execution
+
+
 def ride_out_short_outage(proxy: OutageProxy, gate: Gate, outcome: list[Any]) -> None:
     """Cut the connections where the job waits, let it go on into the outage, and bring the
     database back once batchctl has tried to reconnect twice."""
@@ -313,13 +326,7 @@ def test_a_cut_commit_of_a_transactional_writer_is_settled_by_the_step_row(
     write_job("ledger", f"MODE = {mode!r}\n" + source)
     caplog.set_level(logging.INFO, logger="batchctl")
     with Batch(outage_config(postgres_url, proxy, jobs_dir, tmp_path)) as batch:
-        thread, outcome = run_in_thread(batch, "ledger")
-        wait_until(lambda: proxy.down or outcome)
-        wait_until(lambda: proxy.refused >= 2 or outcome)
-        proxy.restore()
-        thread.join(DEADLINE)
-        [execution] = outcome
-        assert not isinstance(execution, BaseException), execution
+        execution = run_through_the_cut(batch, proxy, "ledger")
         assert execution.status == Status.COMPLETED, execution.exit_message
         [load] = [s for s in batch.step_executions(execution.id) if s.name == "load"]
     assert ledger_ids(postgres_url) == list(range(ROWS))
@@ -334,13 +341,7 @@ def test_a_cut_commit_of_a_writer_outside_the_transaction_is_unknown(
     out = tmp_path / "out.jsonl"
     write_job("ledger", "MODE = 'answered'\n" + COMMIT_JOB.replace("WRITER", f"Outside({str(out)!r})"))
     with Batch(outage_config(postgres_url, proxy, jobs_dir, tmp_path)) as batch:
-        thread, outcome = run_in_thread(batch, "ledger")
-        wait_until(lambda: proxy.down or outcome)
-        wait_until(lambda: proxy.refused >= 2 or outcome)
-        proxy.restore()
-        thread.join(DEADLINE)
-        [execution] = outcome
-        assert not isinstance(execution, BaseException), execution
+        execution = run_through_the_cut(batch, proxy, "ledger")
         assert execution.status == Status.UNKNOWN, execution.exit_message
         assert "may or may not have been committed" in (execution.exit_message or "")
 
@@ -546,51 +547,32 @@ def test_the_heartbeat_rides_out_an_outage_and_beats_again(
         assert execution.id == running.id and execution.status == Status.COMPLETED
 
 
-def test_a_worker_told_to_stop_during_an_outage_does_not_wait_for_the_repository(
-    postgres_url: str, proxy: OutageProxy, gate: Gate, jobs_dir: Path, tmp_path: Path,
+@pytest.mark.parametrize("command, ready", [
+    (["worker"], "started"),
+    (["serve", "--host", "127.0.0.1", "--port", "0"], "serving"),
+], ids=["worker", "serve"])
+def test_a_process_told_to_stop_during_an_outage_does_not_wait_for_the_repository(
+    command: list[str], ready: str, postgres_url: str, proxy: OutageProxy, gate: Gate,
+    jobs_dir: Path, tmp_path: Path,
 ) -> None:
     import signal
 
     config = outage_config(postgres_url, proxy, jobs_dir, tmp_path, timeout=600.0)
-    stderr = tmp_path / "worker.txt"
-    worker = start_remote_worker(config, gate, stderr)
+    stderr = tmp_path / "stderr.txt"
+    process = start_process(command, process_env(config, gate), stderr)
     try:
-        wait_until(lambda: "started" in stderr.read_text())
+        wait_until(lambda: ready in stderr.read_text())
         proxy.cut()
         wait_until(lambda: "repository unreachable, retrying" in stderr.read_text())
-        worker.send_signal(signal.SIGTERM)
-        code = worker.wait(DEADLINE)  # not the 600 s of db_outage_timeout
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(DEADLINE)  # not the 600 s of db_outage_timeout
     finally:
-        if worker.poll() is None:
-            worker.kill()
-    lines = stderr.read_text().splitlines()
-    assert code == 5, lines
-    assert "this process is stopping" in lines[-1]
-
-
-def test_serve_told_to_stop_during_an_outage_does_not_wait_for_the_repository(
-    postgres_url: str, proxy: OutageProxy, gate: Gate, jobs_dir: Path, tmp_path: Path,
-) -> None:
-    import signal
-
-    config = outage_config(postgres_url, proxy, jobs_dir, tmp_path, timeout=600.0)
-    stderr = tmp_path / "serve.txt"
-    serve = start_process(["serve", "--host", "127.0.0.1", "--port", "0"],
-                          process_env(config, gate), stderr)
-    try:
-        wait_until(lambda: "serving" in stderr.read_text())
-        proxy.cut()
-        wait_until(lambda: "repository unreachable, retrying" in stderr.read_text())
-        serve.send_signal(signal.SIGTERM)
-        code = serve.wait(DEADLINE)  # not the 600 s of db_outage_timeout
-    finally:
-        if serve.poll() is None:
-            serve.kill()
+        if process.poll() is None:
+            process.kill()
     lines = stderr.read_text().splitlines()
     assert code == 5, lines
     assert lines[-1].startswith("batchctl: error:") and "this process is stopping" in lines[-1]
     assert not any("Traceback" in line for line in lines), lines
-
 
 
 @contextmanager
@@ -611,19 +593,6 @@ def commit_cut_of(proxy: OutageProxy, matches: Callable[[str, Any], bool]) -> It
         yield
     finally:
         event.remove(Engine, "before_cursor_execute", on_execute)
-
-
-def run_through_the_cut(batch: Batch, proxy: OutageProxy, job: str) -> Any:
-    """Run `job` while its cut COMMIT takes the database away; bring it back; the execution."""
-    thread, outcome = run_in_thread(batch, job)
-    wait_until(lambda: proxy.down or outcome)
-    wait_until(lambda: proxy.refused >= 2 or outcome)
-    proxy.restore()
-    thread.join(DEADLINE)
-    [execution] = outcome
-    assert not isinstance(execution, BaseException), execution
-    assert execution.status == Status.COMPLETED, execution.exit_message
-    return execution
 
 
 PARTITIONED_LEDGER = '''
@@ -656,6 +625,7 @@ def test_a_cut_commit_of_the_partitions_creates_each_partition_once(
         with commit_cut_of(proxy, lambda sql, _: sql.startswith("INSERT INTO STEP_EXECUTION")
                            and "PARTITION_OF" in sql):
             execution = run_through_the_cut(batch, proxy, "ledger")
+        assert execution.status == Status.COMPLETED, execution.exit_message
         parts = [s.name for s in batch.step_executions(execution.id) if s.partition_of == "load"]
         events = [e for e in batch.events(execution=execution.id, limit=1000)
                   if e.step_name and ":" in e.step_name]
@@ -674,6 +644,7 @@ def test_a_cut_commit_of_a_step_row_creates_it_once(
         with commit_cut_of(proxy, lambda sql, parameters: sql.startswith("INSERT INTO STEP_EXECUTION")
                            and isinstance(parameters, dict) and parameters.get("name") == "load"):
             execution = run_through_the_cut(batch, proxy, "ledger")
+        assert execution.status == Status.COMPLETED, execution.exit_message
         steps = [s for s in batch.step_executions(execution.id) if not s.is_partition]
         events = batch.events(execution=execution.id, limit=1000)
     assert [(s.name, s.status) for s in steps] == [
@@ -692,7 +663,8 @@ def test_a_cut_commit_of_a_worker_row_registers_the_worker_once(
     write_job("ledger", PARTITIONED_LEDGER)
     with Batch(outage_config(postgres_url, proxy, jobs_dir, tmp_path)) as batch:
         with commit_cut_of(proxy, lambda sql, _: sql.startswith("INSERT INTO WORKER")):
-            run_through_the_cut(batch, proxy, "ledger")
+            execution = run_through_the_cut(batch, proxy, "ledger")
+        assert execution.status == Status.COMPLETED, execution.exit_message
     engine = create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
     try:
         with engine.connect() as connection:
