@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -216,7 +217,7 @@ def dask_partitions(ctx: Context) -> Iterator[Row]:
     runs = CPU_QUICK_RUNS if ctx.quick else CPU_RUNS
     for database in ctx.databases:
         url = ctx.repository_url(database, "dask")
-        seconds: dict[str, list[float]] = {}
+        seconds: defaultdict[str, list[float]] = defaultdict(list)
         clusters = {workers: Cluster(ctx.path(f"cluster-{database}-{workers}"), workers,
                                      _jobs_dir(ctx)) for workers in (1, 2)}
         try:
@@ -227,23 +228,19 @@ def dask_partitions(ctx: Context) -> Iterator[Row]:
             # is the median of the ratios of these pairs.
             for _ in range(runs):
                 for workers, cluster in clusters.items():
-                    _note(seconds, f"dask {workers}",
-                          _run_job(ctx, url, cluster.address, "cpu_dask_1", items))
+                    seconds[f"dask {workers}"].append(
+                        _run_job(ctx, url, cluster.address, "cpu_dask_1", items))
                 for workers in (1, 2):
-                    _note(seconds, f"process {workers}",
-                          _run_job(ctx, url, "", f"cpu_process_{workers}", items))
+                    seconds[f"process {workers}"].append(
+                        _run_job(ctx, url, "", f"cpu_process_{workers}", items))
                 for workers in (1, 2):
-                    _note(seconds, f"pool {workers}",
-                          _measure("pool", str(_jobs_dir(ctx)), str(workers), str(items)))
+                    seconds[f"pool {workers}"].append(
+                        _measure("pool", str(_jobs_dir(ctx)), str(workers), str(items)))
             yield from _overhead(ctx, database, url, clusters[1])
         finally:
             for cluster in clusters.values():
                 cluster.close()
         yield from _cpu_rows(database, items, seconds)
-
-
-def _note(seconds: dict[str, list[float]], side: str, elapsed: float) -> None:
-    seconds.setdefault(side, []).append(elapsed)
 
 
 def _cpu_rows(database: str, items: int, seconds: dict[str, list[float]]) -> Iterator[Row]:

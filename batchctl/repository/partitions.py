@@ -65,19 +65,16 @@ class PartitionQueries(RepositoryBase):
     ) -> None:
         """Write: one STARTING step execution per partition, in one transaction; on Postgres
         the transaction also notifies waiting workers. Run again after a COMMIT whose answer
-        was lost (an outage), it creates only the partitions not already there: one created
-        twice would run its items twice."""
+        was lost (an outage), it finds the partitions that COMMIT created: one created twice
+        would run its items twice."""
+        of_step = (
+            step_execution.c.job_execution_id == job_execution_id,
+            step_execution.c.partition_of == step_name,
+        )
 
-        def change(connection: Connection) -> None:
+        def insert(connection: Connection) -> int:
             self._hold_fence(connection)
-            of_step = (
-                step_execution.c.job_execution_id == job_execution_id,
-                step_execution.c.partition_of == step_name,
-            )
-            names = connection.execute(select(step_execution.c.name).where(*of_step)).scalars()
-            existing = set(names)
-            missing = [s for s in specs if partition_name(step_name, s.index) not in existing]
-            if missing:
+            if specs:
                 connection.execute(
                     step_execution.insert(),
                     [
@@ -92,19 +89,23 @@ class PartitionQueries(RepositoryBase):
                             "partition": spec.partition,
                             "mode": mode,
                         }
-                        for spec in missing
+                        for spec in specs
                     ],
                 )
                 created = connection.execute(
                     select(step_execution.c.id, step_execution.c.name).where(
-                        *of_step, step_execution.c.name.notin_(existing)
+                        *of_step, step_execution.c.status == Status.STARTING.value
                     )
                 ).all()
                 record_step_events(connection, job_execution_id, created, Status.STARTING)
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+            return len(specs)
 
-        self._write(change)
+        def committed(connection: Connection) -> int | None:
+            return connection.execute(select(func.count()).where(*of_step)).scalar() or None
+
+        self._write(once(insert, committed))
 
     def partitions_of(self, job_execution_id: int, step_name: str) -> list[StepExecution]:
         """Read: the partitions of one step in one job execution, in partition order."""

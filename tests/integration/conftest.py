@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -90,3 +91,19 @@ def rows(database_url: str) -> Callable[[], dict[str, int]]:
     return lambda: count_rows(database_url)
 
 
+@pytest.fixture
+def hour_long_polls(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """The step looks at its partitions once an hour, unless its executor wakes it when what it
+    runs ends. Returns an event set once the step has looked at them."""
+    from batchctl import partition
+
+    looked = threading.Event()
+    show_progress = partition.PartitionedStepRunner._show_progress
+
+    def show_and_tell(self: Any, partitions: list[Any]) -> None:
+        show_progress(self, partitions)
+        looked.set()
+
+    monkeypatch.setattr(partition, "PARTITION_POLL_INTERVAL", 3600.0)
+    monkeypatch.setattr(partition.PartitionedStepRunner, "_show_progress", show_and_tell)
+    return looked

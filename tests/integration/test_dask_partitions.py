@@ -29,7 +29,7 @@ from batchctl.model import Status
 from batchctl.operator import Batch
 from tests.conftest import in_daemon_thread, wait_for
 from tests.integration.test_chunk_steps import sql
-from tests.integration.test_partitions import SAME_WORK, hour_long_polls, partitions  # noqa: F401
+from tests.integration.test_partitions import SAME_WORK, partitions
 
 DEADLINE = 90.0  # seconds an awaited state may take on a loaded machine (a worker restarts)
 ITEMS = 8 * 40

@@ -201,24 +201,6 @@ def in_thread() -> Iterator[Callable[..., Any]]:
         yield pool.submit
 
 
-@pytest.fixture
-def hour_long_polls(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """The step looks at its partitions once an hour, unless its executor wakes it when what it
-    runs ends. Returns an event set once the step has looked at them."""
-    from batchctl import partition
-
-    looked = threading.Event()
-    show_progress = partition.PartitionedStepRunner._show_progress
-
-    def show_and_tell(self: Any, partitions: list[Any]) -> None:
-        show_progress(self, partitions)
-        looked.set()
-
-    monkeypatch.setattr(partition, "PARTITION_POLL_INTERVAL", 3600.0)
-    monkeypatch.setattr(partition.PartitionedStepRunner, "_show_progress", show_and_tell)
-    return looked
-
-
 def partitions(batch: Batch, execution_id: int, step: str) -> list[Any]:
     return [s for s in batch.step_executions(execution_id) if s.partition_of == step]
 
