@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 from batchctl.defaults import LOCAL_WORKER_RESPAWNS, THREAD_CONNECTIONS
 from batchctl.host import host_name
 from batchctl.job import Job, PartitionMode, Step
-from batchctl.model import Status, StepExecution, utcnow
+from batchctl.model import StepExecution
 from batchctl.worker import ClaimFilter, Worker
 
 if TYPE_CHECKING:
@@ -224,19 +224,13 @@ def executor_for(work: PartitionWork) -> PartitionExecutor:
 
 
 def fail_waiting(repository: Repository, partitions: list[StepExecution], message: str) -> None:
-    """Fail the partitions still live, each only if unchanged since it was read (one that a
-    worker has just ended keeps its outcome)."""
+    """Fail the partitions still live, each re-read if a worker changed it since (a checkpoint
+    does not save it; one its worker has just ended keeps its outcome)."""
     for partition in partitions:
         if not partition.status.is_live:
             continue
         try:
-            repository.update_step_execution(
-                partition,
-                status=Status.FAILED,
-                exit_code=Status.FAILED.value,
-                exit_message=message,
-                ended_at=utcnow(),
-            )
+            repository.fail_live_partition(partition, message)
         except Exception:
             log.warning("could not fail partition %s", partition.name, exc_info=True)
 

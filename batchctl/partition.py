@@ -92,7 +92,7 @@ class PartitionedStepRunner(StepRunner):
             if previous is not None and previous.status.is_live:
                 # Its execution was lost, but a worker may still be running it: from now on
                 # that worker's checkpoints fail, so nothing is committed twice.
-                previous = self.repository.take_over_partition(
+                previous = self.repository.fail_live_partition(
                     previous, f"taken over by execution {self.ctx.execution_id}"
                 )
             if previous is not None and previous.status == Status.COMPLETED:

@@ -170,11 +170,13 @@ class PartitionQueries(RepositoryBase):
 
         return int(self._write(change))
 
-    def take_over_partition(self, partition: StepExecution, message: str) -> StepExecution:
-        """Write: end a partition that an execution no longer running left live (FAILED, with
-        `message`), conditional on its version and re-read after a lost update. A worker still
-        running it fails its next checkpoint (a lost update) and commits nothing more. Returns
-        the partition as it ended, with the checkpoint a restart resumes from."""
+    def fail_live_partition(self, partition: StepExecution, message: str) -> StepExecution:
+        """Write: end a partition FAILED with `message` if it is live (one its worker has just
+        ended keeps its outcome), conditional on its version and re-read after a lost update (a
+        checkpoint meanwhile). A worker still running it fails its next checkpoint and commits
+        nothing more. Returns the partition as it ended, with the checkpoint a restart resumes
+        from: for a partition an execution no longer running left live, or one whose workers
+        are gone."""
 
         def decide(current: StepExecution) -> dict[str, Any] | None:
             return ending(Status.FAILED, message) if current.status.is_live else None

@@ -258,3 +258,24 @@ def test_an_unreachable_database_is_database_unavailable(url: str) -> None:
             repository.history()
     finally:
         repository.close()
+
+
+def test_failing_waiting_partitions_fails_one_checkpointed_since_and_spares_one_just_ended(
+    repository: Repository,
+) -> None:
+    from batchctl.executors import fail_waiting
+    from batchctl.repository.partitions import PartitionSpec
+
+    execution = repository.create_execution("job", KEY_A, {}, afresh)
+    specs = [PartitionSpec(0, {}, {}), PartitionSpec(1, {}, {})]
+    repository.create_partitions(execution.id, "load", specs, "dask")
+    read = repository.partitions_of(execution.id, "load")
+    repository.update_step_execution(read[0], status=Status.STARTED, write_count=5)  # a checkpoint
+    repository.update_step_execution(read[1], status=Status.COMPLETED, ended_at=utcnow())
+
+    fail_waiting(repository, read, "lost the Dask scheduler")
+
+    after = repository.partitions_of(execution.id, "load")
+    assert [(p.status, p.exit_message, p.write_count) for p in after] == [
+        (Status.FAILED, "lost the Dask scheduler", 5), (Status.COMPLETED, None, 0)
+    ]
